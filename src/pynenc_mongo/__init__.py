@@ -1,0 +1,29 @@
+"""pynenc-mongo: the MongoDB state backend for pynenc.
+
+Importing this package defines :class:`MongoStateBackend`, so pynenc's
+component lookup (by class name) finds it; pynenc imports it automatically
+through the ``pynenc.plugins`` entry point.
+"""
+
+from pynenc_mongo.config import ConfigMongo, ConfigStateBackendMongo, MongoConfigError
+from pynenc_mongo.errors import (
+    AsyncOperationError,
+    MongoAuthenticationError,
+    MongoBackendError,
+    MongoUnavailableError,
+)
+from pynenc_mongo.state_backend import MongoStateBackend
+from pynenc_mongo.urls import MongoUrlError
+
+__all__ = [
+    "AsyncOperationError",
+    "ConfigMongo",
+    "ConfigStateBackendMongo",
+    "MongoAuthenticationError",
+    "MongoBackendError",
+    "MongoConfigError",
+    "MongoStateBackend",
+    "MongoUnavailableError",
+    "MongoUrlError",
+]
+__version__ = "0.1.0"

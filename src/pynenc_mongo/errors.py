@@ -1,0 +1,140 @@
+"""Errors raised by pynenc-mongo and the retry policy for MongoDB operations.
+
+PyMongo already retries one transient failure of a retryable read or write
+(MongoDB manual, "Retryable Reads" / "Retryable Writes"). On top of that,
+:func:`with_retry` retries operations that this package has made idempotent
+(inserts with client-made ``_id`` or unique keys, ``$set`` upserts, reads) a
+bounded number of times with exponential backoff, using tenacity. Errors that
+outlive the retries become :class:`MongoUnavailableError` or
+:class:`MongoAuthenticationError`, whose messages name the host and the cause
+and never a password.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+logger = logging.getLogger("pynenc_mongo")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Attempts per operation (the first try included) and backoff bounds in seconds.
+RETRY_ATTEMPTS = 5
+RETRY_WAIT_MIN_SECONDS = 0.05
+RETRY_WAIT_MAX_SECONDS = 2.0
+AUTH_FAILED_CODES = frozenset({18, 8000})  # AuthenticationFailed; Atlas "bad auth"
+
+
+class MongoBackendError(RuntimeError):
+    """Base class of pynenc-mongo's own errors."""
+
+
+class MongoUnavailableError(MongoBackendError, ConnectionError):
+    """MongoDB could not be reached (within the server selection timeout)."""
+
+
+class MongoAuthenticationError(MongoBackendError, PermissionError):
+    """MongoDB refused the credentials."""
+
+
+class AsyncOperationError(MongoBackendError):
+    """An asynchronous write failed for good; raised by the ``wait_for_*`` methods.
+
+    :ivar str invocation_id: the invocation whose write failed.
+    """
+
+    def __init__(self, invocation_id: str, cause: BaseException) -> None:
+        super().__init__(
+            f"asynchronous write for invocation {invocation_id} failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.invocation_id = invocation_id
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: PyMongo's retryable labels and lost connections.
+
+    ``ServerSelectionTimeoutError`` is excluded: it already waited the whole
+    server selection timeout, so retrying would multiply the wait.
+    """
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return False
+    if isinstance(exc, AutoReconnect | ConnectionFailure):
+        return True
+    if isinstance(exc, PyMongoError):
+        return exc.has_error_label("RetryableWriteError") or exc.has_error_label(
+            "TransientTransactionError"
+        )
+    return False
+
+
+def with_retry(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call ``func(*args, **kwargs)``, retrying transient MongoDB errors.
+
+    Only pass idempotent operations. Retries :data:`RETRY_ATTEMPTS` times in all
+    with exponential backoff between :data:`RETRY_WAIT_MIN_SECONDS` and
+    :data:`RETRY_WAIT_MAX_SECONDS`; the last error is re-raised unchanged.
+    """
+    for attempt in Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(RETRY_ATTEMPTS),
+        wait=wait_exponential(min=RETRY_WAIT_MIN_SECONDS, max=RETRY_WAIT_MAX_SECONDS),
+        reraise=True,
+    ):
+        with attempt:
+            return func(*args, **kwargs)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def translate(exc: BaseException, where: str) -> BaseException:
+    """Map a PyMongo error to this package's error, naming ``where`` (host, redacted).
+
+    Returns ``exc`` itself when it is not a connection or authentication failure.
+    """
+    if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILED_CODES:
+        return MongoAuthenticationError(f"MongoDB at {where} refused the credentials: {exc}")
+    if isinstance(exc, ServerSelectionTimeoutError):
+        cause = str(exc).split(", Timeout:")[0]
+        return MongoUnavailableError(f"MongoDB at {where} is not reachable: {cause}")
+    if isinstance(exc, ConnectionFailure):
+        return MongoUnavailableError(f"MongoDB at {where} connection failed: {exc}")
+    return exc
+
+
+def translate_errors(method: Callable[P, T]) -> Callable[P, T]:
+    """Decorator for backend methods: connection and auth failures get clear errors.
+
+    The decorated method's first argument must have ``describe_target()``
+    (host and database, password redacted).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (PyMongoError, ConnectionError) as exc:
+            owner: Any = args[0]
+            mapped = translate(exc, owner.describe_target())
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    return wrapper

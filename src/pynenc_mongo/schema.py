@@ -1,0 +1,536 @@
+"""The storage layout: collection names, document shapes, indexes, DTO mapping.
+
+Open this module to see everything pynenc-mongo keeps in MongoDB. Every document
+carries ``app_id``: two pynenc apps sharing a database never see, overwrite or
+purge each other's documents, and every index starts with ``app_id``.
+
+Collections (names get the ``mongo_collection_prefix``, default ``pynenc_``):
+
+``invocations`` -- one document per invocation::
+
+    {app_id, invocation_id,
+     invocation: {invocation_id,
+                  call_id: {key, args_id, task_id: {key, module, func_name}},
+                  workflow: {workflow_id, parent_workflow_id,
+                             workflow_type: {key, module, func_name}} | null,
+                  parent_invocation_id, parent_event_id},
+     call: {call_id: {...as above...},
+            serialized_arguments: [{name, value}]},   # a list: argument names are
+                                                      # arbitrary strings
+     expire_at?}                                      # only with retention on
+
+``history`` -- one document per history entry, time-indexed::
+
+    {_id: ObjectId (client-made, so a retried insert is idempotent),
+     app_id, invocation_id,
+     ts: Date (milliseconds, for people and TTL), ts_us: Int64 (microseconds
+     since the epoch: the exact order key), status, status_runner_id,
+     status_ts_us, runner_context_id, registered_by_inv_id, expire_at?}
+
+  Entries sort by ``(ts_us, _id)``: exact to the microsecond, ties broken by
+  ``_id``; two entries with equal status and time are two documents.
+
+``results`` / ``exceptions`` -- ``{app_id, invocation_id, value, expire_at?}``
+``runner_contexts`` -- ``{app_id, runner_id, runner_cls, parent_runner_id, pid,
+  hostname, thread_id}``
+``app_infos`` -- ``{app_id, info: {module, config_values, config_filepath,
+  module_filepath, app_variable}}``; ``config_values`` is tagged so sets, tuples
+  and bytes round-trip, and the Mongo URL is stored without its password.
+``workflow_runs`` -- ``{app_id, workflow_id, workflow_type: {key, module,
+  func_name}, parent_workflow_id}``
+``workflow_sub_invocations`` -- ``{app_id, workflow_id, sub_invocation_id}``
+``workflow_data`` -- one document per workflow: ``{app_id, workflow_id, data:
+  {<encoded key>: value}}``; :func:`encode_data_key` makes any string a legal
+  field name (``a.b``, ``$x``, ``""``, non-ASCII all round-trip).
+``value_pieces`` -- pieces of large values: ``{app_id, value_id, owner, n, data:
+  BinData, expire_at?}`` (see :mod:`pynenc_mongo.values`).
+
+A stored ``value`` (result, exception, argument, workflow-data value) is either
+the serialized string itself or, above ``mongo_inline_value_max_bytes``, a
+reference ``{value_id, pieces, size, codec}`` into ``value_pieces``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from bson import ObjectId
+from bson.int64 import Int64
+
+if TYPE_CHECKING:
+    from pynenc.app_info import AppInfo
+    from pynenc.models.call_dto import CallDTO
+    from pynenc.models.invocation_dto import InvocationDTO
+    from pynenc.runner.runner_context import RunnerContext
+    from pynenc.state_backend.base_state_backend import InvocationHistory
+    from pynenc.workflow.workflow_identity import WorkflowIdentity
+
+# Logical collection names (the prefix is added by :class:`CollectionNames`).
+INVOCATIONS: Final = "invocations"
+HISTORY: Final = "history"
+RESULTS: Final = "results"
+EXCEPTIONS: Final = "exceptions"
+RUNNER_CONTEXTS: Final = "runner_contexts"
+APP_INFOS: Final = "app_infos"
+WORKFLOW_RUNS: Final = "workflow_runs"
+WORKFLOW_SUB_INVOCATIONS: Final = "workflow_sub_invocations"
+WORKFLOW_DATA: Final = "workflow_data"
+VALUE_PIECES: Final = "value_pieces"
+
+ALL_COLLECTIONS: Final = (
+    INVOCATIONS,
+    HISTORY,
+    RESULTS,
+    EXCEPTIONS,
+    RUNNER_CONTEXTS,
+    APP_INFOS,
+    WORKFLOW_RUNS,
+    WORKFLOW_SUB_INVOCATIONS,
+    WORKFLOW_DATA,
+    VALUE_PIECES,
+)
+
+#: Collections whose documents belong to one invocation and expire with it.
+INVOCATION_OWNED: Final = (INVOCATIONS, HISTORY, RESULTS, EXCEPTIONS, VALUE_PIECES)
+
+# Field paths used in queries (kept here so indexes and queries agree).
+F_APP: Final = "app_id"
+F_INV: Final = "invocation_id"
+F_PARENT: Final = "invocation.parent_invocation_id"
+F_PARENT_EVENT: Final = "invocation.parent_event_id"
+F_WF_ID: Final = "invocation.workflow.workflow_id"
+F_WF_TYPE: Final = "invocation.workflow.workflow_type.key"
+F_TASK: Final = "invocation.call_id.task_id.key"
+F_TS_US: Final = "ts_us"
+F_EXPIRE: Final = "expire_at"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One index the backend needs.
+
+    :ivar str collection: logical collection name (without prefix).
+    :ivar tuple keys: ``((field, 1 | -1), ...)`` in index order.
+    :ivar str name: the index name created in MongoDB.
+    :ivar bool unique: a unique index.
+    :ivar int | None expire_after_seconds: set for TTL indexes (MongoDB manual,
+        "TTL Indexes"); ``0`` means "expire at the date in the field".
+    :ivar bool retention_only: created only when ``mongo_retention_days`` > 0.
+    """
+
+    collection: str
+    keys: tuple[tuple[str, int], ...]
+    name: str
+    unique: bool = False
+    expire_after_seconds: int | None = None
+    retention_only: bool = False
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for ``Collection.create_index`` (besides the keys)."""
+        opts: dict[str, Any] = {"name": self.name}
+        if self.unique:
+            opts["unique"] = True
+        if self.expire_after_seconds is not None:
+            opts["expireAfterSeconds"] = self.expire_after_seconds
+        return opts
+
+
+def _ttl(collection: str) -> IndexSpec:
+    return IndexSpec(
+        collection, ((F_EXPIRE, 1),), f"{collection}_ttl", expire_after_seconds=0,
+        retention_only=True,
+    )
+
+
+#: Every index the backend needs; every query it issues is served by one of these.
+INDEXES: Final[tuple[IndexSpec, ...]] = (
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_INV, 1)), "app_invocation", unique=True),
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_PARENT, 1)), "app_parent_invocation"),
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_PARENT_EVENT, 1)), "app_parent_event"),
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_WF_ID, 1), (F_WF_TYPE, 1)), "app_workflow"),
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_WF_TYPE, 1)), "app_workflow_type"),
+    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_TASK, 1)), "app_task"),
+    IndexSpec(HISTORY, ((F_APP, 1), (F_INV, 1), (F_TS_US, 1), ("_id", 1)), "app_invocation_time"),
+    IndexSpec(HISTORY, ((F_APP, 1), (F_TS_US, 1), ("_id", 1)), "app_time"),
+    IndexSpec(RESULTS, ((F_APP, 1), (F_INV, 1)), "app_invocation", unique=True),
+    IndexSpec(EXCEPTIONS, ((F_APP, 1), (F_INV, 1)), "app_invocation", unique=True),
+    IndexSpec(RUNNER_CONTEXTS, ((F_APP, 1), ("runner_id", 1)), "app_runner", unique=True),
+    IndexSpec(APP_INFOS, ((F_APP, 1),), "app", unique=True),
+    IndexSpec(WORKFLOW_RUNS, ((F_APP, 1), ("workflow_id", 1)), "app_workflow", unique=True),
+    IndexSpec(WORKFLOW_RUNS, ((F_APP, 1), ("workflow_type.key", 1)), "app_workflow_type"),
+    IndexSpec(
+        WORKFLOW_SUB_INVOCATIONS,
+        ((F_APP, 1), ("workflow_id", 1), ("sub_invocation_id", 1)),
+        "app_workflow_sub_invocation",
+        unique=True,
+    ),
+    IndexSpec(WORKFLOW_DATA, ((F_APP, 1), ("workflow_id", 1)), "app_workflow", unique=True),
+    IndexSpec(VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True),
+    IndexSpec(VALUE_PIECES, ((F_APP, 1), ("owner", 1)), "app_owner"),
+    *(_ttl(c) for c in INVOCATION_OWNED),
+)
+
+
+def indexes_for(collection: str, retention: bool) -> list[IndexSpec]:
+    """The indexes of one logical collection.
+
+    :param str collection: logical collection name.
+    :param bool retention: include the TTL indexes used by ``mongo_retention_days``.
+    :return: list of :class:`IndexSpec`.
+    """
+    return [
+        spec
+        for spec in INDEXES
+        if spec.collection == collection and (retention or not spec.retention_only)
+    ]
+
+
+@dataclass(frozen=True)
+class CollectionNames:
+    """Physical collection names for one ``mongo_collection_prefix``."""
+
+    prefix: str = "pynenc_"
+    names: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.names.update({c: f"{self.prefix}{c}" for c in ALL_COLLECTIONS})
+
+    def __getitem__(self, logical: str) -> str:
+        return self.names[logical]
+
+
+# ---------------------------------------------------------------------------
+# Time
+# ---------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch, exact (no float rounding).
+
+    Naive datetimes are taken as UTC (pynenc's timestamps are UTC-aware).
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(micros: int) -> datetime:
+    """Inverse of :func:`to_us`: a UTC-aware datetime."""
+    return _EPOCH + timedelta(microseconds=int(micros))
+
+
+# ---------------------------------------------------------------------------
+# Workflow-data keys
+# ---------------------------------------------------------------------------
+_KEY_ESCAPES = {"%": "%25", ".": "%2E", "$": "%24", "\x00": "%00"}
+
+
+def encode_data_key(key: str) -> str:
+    """Make any string a legal, addressable MongoDB field name.
+
+    ``%``, ``.``, ``$`` and NUL are percent-escaped and a ``k`` is prepended, so
+    ``""`` becomes ``"k"``, ``"a.b"`` becomes ``"ka%2Eb"`` and ``"$x"`` becomes
+    ``"k%24x"``; the result never starts with ``$`` and never contains ``.``
+    (MongoDB manual, "Field Names"), so ``$set: {"data.<encoded>": v}`` works.
+
+    :param str key: the user's workflow-data key.
+    :return: the encoded field name.
+    :raises TypeError: if ``key`` is not a string.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"workflow data key: expected a str, got {type(key).__name__}")
+    return "k" + "".join(_KEY_ESCAPES.get(ch, ch) for ch in key)
+
+
+def decode_data_key(encoded: str) -> str:
+    """Inverse of :func:`encode_data_key`."""
+    body = encoded[1:]
+    for raw, esc in (("\x00", "%00"), ("$", "%24"), (".", "%2E"), ("%", "%25")):
+        body = body.replace(esc, raw)
+    return body
+
+
+# ---------------------------------------------------------------------------
+# DTO <-> document mapping
+# ---------------------------------------------------------------------------
+def task_id_doc(task_id: Any) -> dict[str, str]:
+    """``TaskId`` -> ``{key, module, func_name}``."""
+    return {"key": task_id.key, "module": task_id.module, "func_name": task_id.func_name}
+
+
+def call_id_doc(call_id: Any) -> dict[str, Any]:
+    """``CallId`` -> ``{key, args_id, task_id: {...}}``."""
+    return {"key": call_id.key, "args_id": call_id.args_id, "task_id": task_id_doc(call_id.task_id)}
+
+
+def workflow_doc(workflow: WorkflowIdentity | None) -> dict[str, Any] | None:
+    """``WorkflowIdentity`` -> ``{workflow_id, workflow_type, parent_workflow_id}``."""
+    if workflow is None:
+        return None
+    return {
+        "workflow_id": workflow.workflow_id,
+        "workflow_type": task_id_doc(workflow.workflow_type),
+        "parent_workflow_id": workflow.parent_workflow_id,
+    }
+
+
+def invocation_doc(
+    app_id: str,
+    inv: InvocationDTO,
+    call: CallDTO,
+    stored_arguments: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Build an ``invocations`` document.
+
+    :param str app_id: owning app.
+    :param InvocationDTO inv: the invocation DTO.
+    :param CallDTO call: its call DTO.
+    :param list stored_arguments: ``[{name, value}]`` with values already passed
+        through :mod:`pynenc_mongo.values` (inline string or piece reference).
+    :return: the document (no ``_id``: MongoDB assigns one).
+    """
+    return {
+        F_APP: app_id,
+        F_INV: inv.invocation_id,
+        "invocation": {
+            "invocation_id": inv.invocation_id,
+            "call_id": call_id_doc(inv.call_id),
+            "workflow": workflow_doc(inv.workflow),
+            "parent_invocation_id": inv.parent_invocation_id,
+            "parent_event_id": getattr(inv, "parent_event_id", None),
+        },
+        "call": {"call_id": call_id_doc(call.call_id), "serialized_arguments": stored_arguments},
+    }
+
+
+def task_id_from(doc: dict[str, Any]) -> Any:
+    """``{module, func_name}`` -> ``TaskId``."""
+    from pynenc.identifiers.task_id import TaskId
+
+    return TaskId(doc["module"], doc["func_name"])
+
+
+def call_id_from(doc: dict[str, Any]) -> Any:
+    """``{args_id, task_id}`` -> ``CallId``."""
+    from pynenc.identifiers.call_id import CallId
+
+    return CallId(task_id=task_id_from(doc["task_id"]), args_id=doc["args_id"])
+
+
+def workflow_from(doc: dict[str, Any] | None) -> WorkflowIdentity | None:
+    """Inverse of :func:`workflow_doc`."""
+    if not doc:
+        return None
+    from pynenc.workflow.workflow_identity import WorkflowIdentity
+
+    return WorkflowIdentity(
+        workflow_id=doc["workflow_id"],
+        workflow_type=task_id_from(doc["workflow_type"]),
+        parent_workflow_id=doc.get("parent_workflow_id") or None,
+    )
+
+
+def invocation_dto_from(doc: dict[str, Any]) -> InvocationDTO:
+    """The ``invocation`` sub-document -> ``InvocationDTO`` (0.2.3 and 0.4.x)."""
+    from dataclasses import fields
+
+    from pynenc.models.invocation_dto import InvocationDTO
+
+    inv = doc["invocation"]
+    kwargs: dict[str, Any] = {
+        "invocation_id": inv["invocation_id"],
+        "call_id": call_id_from(inv["call_id"]),
+        "workflow": workflow_from(inv.get("workflow")),
+        "parent_invocation_id": inv.get("parent_invocation_id"),
+    }
+    if "parent_event_id" in {f.name for f in fields(InvocationDTO)}:  # pynenc >= 0.4
+        kwargs["parent_event_id"] = inv.get("parent_event_id")
+    return InvocationDTO(**kwargs)
+
+
+def history_doc(app_id: str, invocation_id: str, history: InvocationHistory) -> dict[str, Any]:
+    """Build a ``history`` document with a client-made ``_id``."""
+    ts_us = to_us(history.timestamp)
+    record = history.status_record
+    return {
+        "_id": ObjectId(),
+        F_APP: app_id,
+        F_INV: invocation_id,
+        "ts": history.timestamp,
+        F_TS_US: Int64(ts_us),
+        "status": str(record.status.value),
+        "status_runner_id": record.runner_id,
+        "status_ts_us": Int64(to_us(record.timestamp)),
+        "runner_context_id": history.runner_context_id,
+        "registered_by_inv_id": history.registered_by_inv_id,
+    }
+
+
+def history_from(doc: dict[str, Any]) -> InvocationHistory:
+    """Inverse of :func:`history_doc`; timestamps exact to the microsecond."""
+    from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
+    from pynenc.state_backend.base_state_backend import InvocationHistory
+
+    history = InvocationHistory(
+        invocation_id=doc[F_INV],
+        status_record=InvocationStatusRecord(
+            status=InvocationStatus(doc["status"]),
+            runner_id=doc.get("status_runner_id"),
+            timestamp=from_us(doc["status_ts_us"]),
+        ),
+        runner_context_id=doc["runner_context_id"],
+        registered_by_inv_id=doc.get("registered_by_inv_id"),
+    )
+    history._timestamp = from_us(doc[F_TS_US])
+    return history
+
+
+def runner_context_doc(app_id: str, ctx: RunnerContext) -> dict[str, Any]:
+    """Build a ``runner_contexts`` document (the parent is referenced by id)."""
+    return {
+        F_APP: app_id,
+        "runner_id": ctx.runner_id,
+        "runner_cls": ctx.runner_cls,
+        "parent_runner_id": ctx.parent_ctx.runner_id if ctx.parent_ctx else None,
+        "pid": ctx.pid,
+        "hostname": ctx.hostname,
+        "thread_id": ctx.thread_id,
+    }
+
+
+def workflow_run_doc(app_id: str, workflow: WorkflowIdentity) -> dict[str, Any]:
+    """Build a ``workflow_runs`` document."""
+    return {
+        F_APP: app_id,
+        "workflow_id": workflow.workflow_id,
+        "workflow_type": task_id_doc(workflow.workflow_type),
+        "parent_workflow_id": workflow.parent_workflow_id,
+    }
+
+
+def workflow_run_from(doc: dict[str, Any]) -> WorkflowIdentity:
+    """Inverse of :func:`workflow_run_doc`."""
+    workflow = workflow_from(doc)
+    assert workflow is not None
+    return workflow
+
+
+# ---------------------------------------------------------------------------
+# App info: config values hold sets, tuples, bytes (pynenc itself puts a set in
+# ``trigger_task_modules``), so they are stored as tagged JSON-compatible BSON.
+# ---------------------------------------------------------------------------
+_TAG = "__pynenc_mongo_type__"
+
+
+def encode_config_value(value: Any) -> Any:
+    """Encode a config value into BSON-safe data that :func:`decode_config_value` inverts.
+
+    Sets (sorted by repr for a stable document), frozensets, tuples and bytes are
+    tagged; dict keys that are not legal BSON field names are kept via a list of
+    pairs; enums and other objects fall back to ``{tag: "repr", value: repr(x)}``.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list):
+        return [encode_config_value(v) for v in value]
+    if isinstance(value, set | frozenset):
+        items = sorted((encode_config_value(v) for v in value), key=repr)
+        return {_TAG: type(value).__name__, "items": items}
+    if isinstance(value, tuple):
+        return {_TAG: "tuple", "items": [encode_config_value(v) for v in value]}
+    if isinstance(value, bytes | bytearray):
+        return {_TAG: "bytes", "hex": bytes(value).hex()}
+    if isinstance(value, dict):
+        return {
+            _TAG: "dict",
+            "items": [[encode_config_value(k), encode_config_value(v)] for k, v in value.items()],
+        }
+    enum_value = getattr(value, "value", None)
+    if enum_value is not None and type(value).__module__ != "builtins":
+        return {_TAG: "enum", "name": type(value).__name__, "value": encode_config_value(enum_value)}
+    return {_TAG: "repr", "value": repr(value)}
+
+
+def decode_config_value(value: Any) -> Any:
+    """Inverse of :func:`encode_config_value` (enums come back as their value)."""
+    if isinstance(value, list):
+        return [decode_config_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tag = value.get(_TAG)
+    if tag in ("set", "frozenset"):
+        items = [decode_config_value(v) for v in value["items"]]
+        return set(items) if tag == "set" else frozenset(items)
+    if tag == "tuple":
+        return tuple(decode_config_value(v) for v in value["items"])
+    if tag == "bytes":
+        return bytes.fromhex(value["hex"])
+    if tag == "dict":
+        return {decode_config_value(k): decode_config_value(v) for k, v in value["items"]}
+    if tag == "enum":
+        return decode_config_value(value["value"])
+    if tag == "repr":
+        return value["value"]
+    return {k: decode_config_value(v) for k, v in value.items()}
+
+
+def app_info_doc(app_info: AppInfo, safe_config_values: dict[str, Any] | None) -> dict[str, Any]:
+    """Build an ``app_infos`` document.
+
+    :param AppInfo app_info: pynenc's app info.
+    :param dict | None safe_config_values: ``app_info.config_values`` with secrets
+        already removed by the caller.
+    """
+    return {
+        F_APP: app_info.app_id,
+        "info": {
+            "module": app_info.module,
+            "config_values": encode_config_value(safe_config_values),
+            "config_filepath": app_info.config_filepath,
+            "module_filepath": app_info.module_filepath,
+            "app_variable": app_info.app_variable,
+        },
+    }
+
+
+def app_info_from(doc: dict[str, Any]) -> AppInfo:
+    """Inverse of :func:`app_info_doc`."""
+    from pynenc.app_info import AppInfo
+
+    info = doc["info"]
+    return AppInfo(
+        app_id=doc[F_APP],
+        module=info["module"],
+        config_values=decode_config_value(info.get("config_values")),
+        config_filepath=info.get("config_filepath"),
+        module_filepath=info.get("module_filepath"),
+        app_variable=info.get("app_variable"),
+    )
+
+
+def app_filter(app_id: str, **fields_: Any) -> dict[str, Any]:
+    """Equality filter scoped to ``app_id`` (every query starts with this)."""
+    return {F_APP: app_id, **fields_}
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Split ``items`` into lists of at most ``size`` (``size`` >= 1)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def dumps_for_log(doc: dict[str, Any]) -> str:
+    """Compact JSON of a filter for log messages (values cut at 80 chars)."""
+    return json.dumps({k: str(v)[:80] for k, v in doc.items()})
