@@ -30,13 +30,14 @@ import mongomock
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from pynenc_mongo.monitoring import LISTENER
 from pynenc_mongo.urls import MOCK_SCHEME, parse_url
 
 APP_NAME = "pynenc-mongo"
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, float], MongoClient[dict[str, Any]]] = {}
-_mock_stores: dict[str, mongomock.MongoClient] = {}
+_mock_stores: dict[str, Any] = {}
 
 
 def _mock_store_key(url: str) -> str:
@@ -73,6 +74,7 @@ def get_client(url: str, database: str, timeout_seconds: float) -> Any:
                 connect=False,
                 appname=APP_NAME,
                 serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+                event_listeners=[LISTENER],
             )
             _clients[client_key] = client
         return client
@@ -84,7 +86,7 @@ def get_database(url: str, database: str, timeout_seconds: float) -> Database[di
     return db
 
 
-def mock_store(url: str) -> mongomock.MongoClient:
+def mock_store(url: str) -> Any:
     """The embedded store behind a ``mongomock://`` URL (for the async path and tests)."""
     client = get_client(url, "", 0.0)
     assert isinstance(client, mongomock.MongoClient)

@@ -130,7 +130,7 @@ def _database_mapper(value: Any, _expected: type) -> str:
     if bad or len(value.encode()) > 63:
         raise MongoConfigError(
             "mongo_database: expected a MongoDB database name (at most 63 bytes, none of "
-            f"/\\. \"$ or NUL), got {value!r}"
+            f'/\\. "$ or NUL), got {value!r}'
         )
     return value
 

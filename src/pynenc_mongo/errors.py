@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from pymongo.errors import (
     AutoReconnect,
@@ -33,8 +33,6 @@ from tenacity import (
 
 logger = logging.getLogger("pynenc_mongo")
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 #: Attempts per operation (the first try included) and backoff bounds in seconds.
 RETRY_ATTEMPTS = 5
@@ -86,7 +84,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retry(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call ``func(*args, **kwargs)``, retrying transient MongoDB errors.
 
     Only pass idempotent operations. Retries :data:`RETRY_ATTEMPTS` times in all
@@ -119,7 +117,7 @@ def translate(exc: BaseException, where: str) -> BaseException:
     return exc
 
 
-def translate_errors(method: Callable[P, T]) -> Callable[P, T]:
+def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
     """Decorator for backend methods: connection and auth failures get clear errors.
 
     The decorated method's first argument must have ``describe_target()``

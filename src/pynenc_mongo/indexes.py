@@ -42,9 +42,7 @@ def existing_indexes(collection: Collection[Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def missing_indexes(
-    collection: Collection[Any], logical: str, retention: bool
-) -> list[IndexSpec]:
+def missing_indexes(collection: Collection[Any], logical: str, retention: bool) -> list[IndexSpec]:
     """The :class:`IndexSpec` of ``logical`` that ``collection`` lacks (compared by name)."""
     present = existing_indexes(collection)
     return [spec for spec in indexes_for(logical, retention) if spec.name not in present]

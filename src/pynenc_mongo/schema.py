@@ -141,7 +141,10 @@ class IndexSpec:
 
 def _ttl(collection: str) -> IndexSpec:
     return IndexSpec(
-        collection, ((F_EXPIRE, 1),), f"{collection}_ttl", expire_after_seconds=0,
+        collection,
+        ((F_EXPIRE, 1),),
+        f"{collection}_ttl",
+        expire_after_seconds=0,
         retention_only=True,
     )
 
@@ -169,7 +172,9 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         unique=True,
     ),
     IndexSpec(WORKFLOW_DATA, ((F_APP, 1), ("workflow_id", 1)), "app_workflow", unique=True),
-    IndexSpec(VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True),
+    IndexSpec(
+        VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True
+    ),
     IndexSpec(VALUE_PIECES, ((F_APP, 1), ("owner", 1)), "app_owner"),
     *(_ttl(c) for c in INVOCATION_OWNED),
 )
@@ -453,7 +458,11 @@ def encode_config_value(value: Any) -> Any:
         }
     enum_value = getattr(value, "value", None)
     if enum_value is not None and type(value).__module__ != "builtins":
-        return {_TAG: "enum", "name": type(value).__name__, "value": encode_config_value(enum_value)}
+        return {
+            _TAG: "enum",
+            "name": type(value).__name__,
+            "value": encode_config_value(enum_value),
+        }
     return {_TAG: "repr", "value": repr(value)}
 
 

@@ -32,10 +32,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
-from pynenc.invocation.status import InvocationStatus
-from pynenc.state_backend.base_state_backend import BaseStateBackend, InvocationHistory
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
+from pynenc.invocation.status import InvocationStatus
+from pynenc.state_backend.base_state_backend import BaseStateBackend, InvocationHistory
 
 from pynenc_mongo import schema, values
 from pynenc_mongo.async_writes import HistoryWriter, make_history_writer
@@ -169,7 +169,9 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         self._runner_context_cache.clear()
 
     # ------------------------------------------------------------------ values
-    def _prepare_value(self, owner: str, text: str, limit: int | None = None) -> values.PreparedValue:
+    def _prepare_value(
+        self, owner: str, text: str, limit: int | None = None
+    ) -> values.PreparedValue:
         inline_max = self.conf.mongo_inline_value_max_bytes
         prepared = values.prepare(
             self._app_id, owner, text, min(inline_max, limit) if limit else inline_max
@@ -217,7 +219,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write_value(
-        self, logical: str, filter_: dict[str, Any], path: str, owner: str, text: str,
+        self,
+        logical: str,
+        filter_: dict[str, Any],
+        path: str,
+        owner: str,
+        text: str,
         limit: int | None = None,
     ) -> None:
         """Point ``path`` of the (upserted) document at ``text``; old pieces are deleted after."""
@@ -253,9 +260,9 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         if not fresh:
             return
         docs = []
-        for inv_id, (inv_dto, call_dto) in fresh.items():
+        for key, (inv_dto, call_dto) in fresh.items():
             arguments = [
-                {"name": name, "value": self._prepare_value(inv_id, text).stored}
+                {"name": name, "value": self._prepare_value(key, text).stored}
                 for name, text in call_dto.serialized_arguments.items()
             ]
             docs.append(schema.invocation_doc(self._app_id, inv_dto, call_dto, arguments))
@@ -273,8 +280,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         inv_dto = schema.invocation_dto_from(doc)
         call = doc["call"]
-        arguments = {arg["name"]: self._load_value(arg["value"]) for arg in call["serialized_arguments"]}
-        return inv_dto, CallDTO(call_id=schema.call_id_from(call["call_id"]), serialized_arguments=arguments)
+        arguments = {
+            arg["name"]: self._load_value(arg["value"]) for arg in call["serialized_arguments"]
+        }
+        return inv_dto, CallDTO(
+            call_id=schema.call_id_from(call["call_id"]), serialized_arguments=arguments
+        )
 
     @translate_errors
     def _get_invocation(self, invocation_id: InvocationId) -> tuple[InvocationDTO, CallDTO] | None:
@@ -380,9 +391,14 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             docs.append(schema.history_doc(self._app_id, invocation.invocation_id, history))
         self._write_history_docs(docs)
 
-    def _add_histories(self, invocation_ids: list[InvocationId], invocation_history: InvocationHistory) -> None:
+    def _add_histories(
+        self, invocation_ids: list[InvocationId], invocation_history: InvocationHistory
+    ) -> None:
         """Store ``invocation_history`` once for each id (one ``insert_many``)."""
-        docs = [schema.history_doc(self._app_id, inv_id, invocation_history) for inv_id in invocation_ids]
+        docs = [
+            schema.history_doc(self._app_id, inv_id, invocation_history)
+            for inv_id in invocation_ids
+        ]
         self._write_history_docs(docs)
 
     def _write_history_docs(self, docs: list[dict[str, Any]]) -> None:
@@ -525,8 +541,11 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def _set_result(self, invocation_id: InvocationId, serialized_result: str) -> None:
         """Store (or replace) the serialized result of ``invocation_id``."""
         self._write_value(
-            schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value",
-            invocation_id, serialized_result,
+            schema.RESULTS,
+            {F_APP: self._app_id, F_INV: invocation_id},
+            "value",
+            invocation_id,
+            serialized_result,
         )
 
     @translate_errors
@@ -543,8 +562,11 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def _set_exception(self, invocation_id: InvocationId, serialized_exception: str) -> None:
         """Store (or replace) the serialized exception of ``invocation_id``."""
         self._write_value(
-            schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value",
-            invocation_id, serialized_exception,
+            schema.EXCEPTIONS,
+            {F_APP: self._app_id, F_INV: invocation_id},
+            "value",
+            invocation_id,
+            serialized_exception,
         )
 
     @translate_errors
@@ -731,7 +753,8 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             if parent is None:
                 logger.warning(
                     "runner context %s names parent %s, which is not stored",
-                    doc["runner_id"], parent_id,
+                    doc["runner_id"],
+                    parent_id,
                 )
         return RunnerContext(
             runner_cls=doc["runner_cls"],

@@ -1,0 +1,48 @@
+# Shared by scripts/test and scripts/demo: find Python >= 3.12 and prepare a venv.
+# Usage: source scripts/_env.sh; ensure_venv VENV_DIR "PIP_SPEC..."
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+find_python() {
+    # Prefer an explicit choice, then python3.13/3.12 on PATH, then pyenv's versions.
+    local candidates=()
+    [ -n "${PYNENC_MONGO_PYTHON:-}" ] && candidates+=("$PYNENC_MONGO_PYTHON")
+    candidates+=(python3.13 python3.12 python3 python)
+    if command -v pyenv >/dev/null 2>&1; then
+        local root; root="$(pyenv root)"
+        for v in $(ls -1 "$root/versions" 2>/dev/null | sort -rV); do
+            candidates+=("$root/versions/$v/bin/python3")
+        done
+    fi
+    for c in "${candidates[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 &&
+           "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+            command -v "$c"
+            return 0
+        fi
+    done
+    echo "error: no Python >= 3.12 found (tried ${candidates[*]}); set PYNENC_MONGO_PYTHON" >&2
+    return 1
+}
+
+# ensure_venv DIR SPEC...: create DIR (or reuse it) and install SPEC when the
+# project's pyproject.toml or the spec changed since the last install.
+ensure_venv() {
+    local dir="$1"; shift
+    local stamp="$dir/.pynenc-mongo-stamp"
+    local want
+    want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16) $*"
+    if [ ! -x "$dir/bin/python" ]; then
+        local py; py="$(find_python)"
+        echo "==> creating $dir with $("$py" --version)"
+        "$py" -m venv "$dir"
+        "$dir/bin/python" -m pip install -q --upgrade pip
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "==> installing into $dir: $*"
+        "$dir/bin/python" -m pip install -q "$@" 2>&1 | grep -v "^WARNING: Location" || true
+        "$dir/bin/python" -c "import pynenc_mongo" 
+        echo "$want" > "$stamp"
+    fi
+}

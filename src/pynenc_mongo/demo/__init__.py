@@ -1,0 +1,1 @@
+"""The demo workload (``scripts/demo``): a realistic pynenc run on MongoStateBackend."""

@@ -1,0 +1,85 @@
+"""``python -m pynenc_mongo.demo``: run the demo workload and print what MongoDB holds.
+
+Prints each invocation's final status, result or exception and history (with
+microsecond timestamps), then a summary line: invocations, wall time, MongoDB
+operations issued by the backend.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from pynenc_mongo.monitoring import count_operations
+
+
+def _line(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _show(backend: Any, invocation_id: str, depth: int) -> int:
+    pad = "  " * depth
+    inv = backend.get_invocation(invocation_id)
+    history = backend.get_history(invocation_id)
+    status = history[-1].status_record.status.value if history else "?"
+    _line(f"{pad}- {inv.call.task.task_id.key} {invocation_id} -> {status}")
+    try:
+        _line(f"{pad}    result: {backend.get_result(invocation_id)!r}")
+    except KeyError:
+        try:
+            exc = backend.get_exception(invocation_id)
+            _line(f"{pad}    exception: {type(exc).__name__}: {exc}")
+        except KeyError:
+            _line(f"{pad}    (no result or exception stored)")
+    for entry in history:
+        _line(f"{pad}    {entry.timestamp.isoformat()}  {entry.status_record.status.value}")
+    shown = 1
+    for child_id in sorted(backend.get_child_invocations(invocation_id)):
+        shown += _show(backend, child_id, depth + 1)
+    return shown
+
+
+def main() -> int:
+    """Run the demo; exit status 0 when every invocation reached its expected end."""
+    from pynenc_mongo.demo import workload
+
+    from pynenc_mongo.state_backend import MongoStateBackend
+
+    app = workload.app
+    backend = app.state_backend
+    assert isinstance(backend, MongoStateBackend)
+    _line(f"pynenc-mongo demo: app {app.app_id!r} on {backend.describe_target()}")
+    app.purge()
+    started = time.perf_counter()
+    with count_operations() as ops:
+        invocations = workload.run_workload(app)
+        backend.wait_for_all_async_operations()
+    wall = time.perf_counter() - started
+    _line("")
+    total = 0
+    for invocation in invocations:
+        total += _show(backend, invocation.invocation_id, 0)
+    wf_root = invocations[-1]
+    if wf_root.workflow is not None:
+        data = {
+            k: backend.get_workflow_data(wf_root.workflow, k)
+            for k in ("status", "order.id", "total")
+        }
+        _line(f"\nworkflow {wf_root.workflow.workflow_id} data: {data}")
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted(ops.counts.items()))
+    _line(
+        f"\nsummary: {total} invocations, wall time {wall:.3f} s, "
+        f"{ops.total} MongoDB operations ({kinds})"
+    )
+    expected = ["success", "success", "success", "failed", "success", "success", "success"]
+    final = [inv.status.value for inv in invocations]
+    backend.close()
+    if final != expected:
+        _line(f"unexpected final statuses: {final} (expected {expected})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
