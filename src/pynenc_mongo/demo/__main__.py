@@ -43,7 +43,6 @@ def _show(backend: Any, invocation_id: str, depth: int) -> int:
 def main() -> int:
     """Run the demo; exit status 0 when every invocation reached its expected end."""
     from pynenc_mongo.demo import workload
-
     from pynenc_mongo.state_backend import MongoStateBackend
 
     app = workload.app
