@@ -1,15 +1,69 @@
 """History writers: synchronous, or asynchronous with per-invocation tracking.
 
-(The asynchronous writer is added below the synchronous one.)
+pynenc 0.2.3's base class records history asynchronously with one new thread per
+record, kept forever in a dict. :class:`AsyncHistoryWriter` does it with
+asynchronous MongoDB operations on one event loop thread per process
+(:mod:`pynenc_mongo.aio`):
+
+* ``submit`` appends the records to a buffer and returns without waiting for
+  MongoDB; one drain task on the loop writes whatever is buffered in one
+  ``insert_many`` (at most :data:`MAX_BATCH` documents), then the next batch.
+  Batches are written one after another, so an invocation's records become
+  durable in the order they were submitted.
+* Every record gets a sequence number and each invocation remembers its last
+  one. ``wait(id)`` blocks until every record of ``id`` submitted before the call
+  is written; ``wait_all()`` likewise for all. Tracking entries are dropped as
+  batches complete: memory is bounded by what is in flight.
+* Backpressure: at most ``mongo_max_pending_writes`` records in flight; past
+  that, ``submit`` blocks until the backlog drains.
+* Transient errors (see :func:`pynenc_mongo.errors.is_transient`) are retried
+  with exponential backoff; the insert is idempotent (client-made ``_id``,
+  duplicates skipped). A permanent failure is logged with the invocation ids and
+  raised as :class:`~pynenc_mongo.errors.AsyncOperationError` from the next wait
+  for each affected invocation (and from ``wait_all``).
+
+:func:`make_history_writer` picks the writer from ``mongo_history_write_mode``:
+``auto`` follows the installed pynenc's contract (asynchronous on 0.2.x, whose
+base records history asynchronously; synchronous on 0.4.x, whose base persists
+the record before ``add_history`` returns).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pynenc.state_backend.base_state_backend import BaseStateBackend
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from pynenc_mongo import aio, schema
+from pynenc_mongo.errors import (
+    RETRY_ATTEMPTS,
+    RETRY_WAIT_MAX_SECONDS,
+    RETRY_WAIT_MIN_SECONDS,
+    AsyncOperationError,
+    is_transient,
+)
+from pynenc_mongo.operations import DUPLICATE_KEY, only_duplicates
 
 if TYPE_CHECKING:
     from pynenc_mongo.state_backend import MongoStateBackend
+
+logger = logging.getLogger("pynenc_mongo")
+
+#: Most documents in one ``insert_many`` of history records.
+MAX_BATCH = 5_000
+#: Most permanent failures remembered for invocations nobody has waited on yet.
+MAX_REMEMBERED_FAILURES = 10_000
+
+#: A coroutine function inserting a batch: ``await insert(docs)``.
+InsertBatch = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class HistoryWriter(Protocol):
@@ -24,11 +78,20 @@ class HistoryWriter(Protocol):
     def wait_all(self) -> None:
         """Block until every write issued so far is durable."""
 
+    def pending(self, invocation_id: str) -> bool:
+        """True while some of this invocation's writes are in flight."""
+
     def close(self) -> None:
         """Flush and stop."""
 
     def is_stale(self) -> bool:
         """True in a forked child: the writer must be re-created there."""
+
+
+def pynenc_writes_history_async() -> bool:
+    """True on pynenc 0.2.x, whose base class records history asynchronously
+    (it defines ``wait_for_all_async_operations``; 0.4 removed it)."""
+    return hasattr(BaseStateBackend, "wait_for_all_async_operations")
 
 
 class SyncHistoryWriter:
@@ -48,6 +111,10 @@ class SyncHistoryWriter:
     def wait_all(self) -> None:
         """Nothing is ever pending: returns at once."""
 
+    def pending(self, invocation_id: str) -> bool:
+        """Always False."""
+        return False
+
     def close(self) -> None:
         """Nothing to flush."""
 
@@ -56,6 +123,223 @@ class SyncHistoryWriter:
         return self._pid != os.getpid()
 
 
+class AsyncHistoryWriter:
+    """Asynchronous, batched, tracked history writes (see the module docstring).
+
+    :param MongoStateBackend backend: the owning backend (settings, collection names).
+    :param InsertBatch | None insert: replaces the MongoDB insert (tests inject
+        failing fakes here); by default an idempotent unordered ``insert_many`` on
+        the loop's asynchronous client.
+    """
+
+    def __init__(self, backend: MongoStateBackend, insert: InsertBatch | None = None) -> None:
+        conf = backend.conf
+        self._pid = os.getpid()
+        self._cap = conf.mongo_max_pending_writes
+        self._cond = threading.Condition()
+        self._buffer: list[tuple[int, dict[str, Any]]] = []
+        self._submitted_seq = 0
+        self._completed_seq = 0
+        self._in_flight = 0
+        self._last_seq: dict[str, int] = {}
+        self._failures: OrderedDict[str, BaseException] = OrderedDict()
+        self._draining = False
+        self._closed = False
+        if insert is None:
+            backend.collection(schema.HISTORY)  # ensures the indexes (sync client)
+            insert = _mongo_insert(
+                conf.mongo_url,
+                backend.database_name,
+                conf.mongo_async_driver,
+                conf.mongo_server_selection_timeout_seconds,
+                backend.collection_name(schema.HISTORY),
+            )
+        self._insert = insert
+        _live_writers.add(self)
+
+    # -- caller side ---------------------------------------------------------
+    def submit(self, docs: list[dict[str, Any]]) -> None:
+        """Schedule ``docs`` (history documents) and return without waiting for MongoDB.
+
+        Blocks only while ``mongo_max_pending_writes`` records are in flight.
+
+        :raises RuntimeError: if the writer was closed.
+        """
+        if not docs:
+            return
+        start = False
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("history writer is closed")
+            while self._in_flight and self._in_flight + len(docs) > self._cap:
+                self._cond.wait()
+            for doc in docs:
+                self._submitted_seq += 1
+                self._buffer.append((self._submitted_seq, doc))
+                self._last_seq[doc[schema.F_INV]] = self._submitted_seq
+            self._in_flight += len(docs)
+            if not self._draining:
+                self._draining = start = True
+        if start:
+            aio.run(self._drain())
+
+    def pending(self, invocation_id: str) -> bool:
+        """True while records of ``invocation_id`` are buffered or being written."""
+        with self._cond:
+            return invocation_id in self._last_seq
+
+    def wait(self, invocation_id: str) -> None:
+        """Block until the records of ``invocation_id`` submitted so far are written.
+
+        Returns at once when none are in flight.
+
+        :raises AsyncOperationError: naming the invocation and the cause, if one
+            of its writes failed for good (raised once).
+        """
+        with self._cond:
+            target = self._last_seq.get(invocation_id)
+            if target is not None:
+                while self._completed_seq < target:
+                    self._cond.wait()
+            failure = self._failures.pop(invocation_id, None)
+        if failure is not None:
+            raise AsyncOperationError(invocation_id, failure)
+
+    def wait_all(self) -> None:
+        """Block until every record submitted so far is written.
+
+        :raises AsyncOperationError: for the first invocation whose write failed
+            for good (all remembered failures are cleared).
+        """
+        with self._cond:
+            target = self._submitted_seq
+            while self._completed_seq < target:
+                self._cond.wait()
+            failures = list(self._failures.items())
+            self._failures.clear()
+        if failures:
+            invocation_id, cause = failures[0]
+            if len(failures) > 1:
+                logger.error("%d invocations had failed history writes", len(failures))
+            raise AsyncOperationError(invocation_id, cause)
+
+    def tracked_invocations(self) -> int:
+        """How many invocations have records in flight (bounded by in-flight work)."""
+        with self._cond:
+            return len(self._last_seq)
+
+    def close(self) -> None:
+        """Flush what is pending, then refuse new records. Failures are logged, not raised."""
+        with self._cond:
+            if self._closed:
+                return
+        try:
+            self.wait_all()
+        except AsyncOperationError as exc:
+            logger.error("pynenc-mongo: at close, %s", exc)
+        with self._cond:
+            self._closed = True
+        _live_writers.discard(self)
+
+    def is_stale(self) -> bool:
+        """True in a forked child (its buffer and loop belong to the parent)."""
+        return self._pid != os.getpid()
+
+    # -- loop side -------------------------------------------------------------
+    async def _drain(self) -> None:
+        while True:
+            with self._cond:
+                if not self._buffer:
+                    self._draining = False
+                    return
+                batch = self._buffer[:MAX_BATCH]
+                del self._buffer[:MAX_BATCH]
+            docs = [doc for _, doc in batch]
+            error: BaseException | None = None
+            try:
+                await self._insert_with_retry(docs)
+            except Exception as exc:  # noqa: BLE001 - reported through wait()
+                error = exc
+                ids = sorted({doc[schema.F_INV] for doc in docs})
+                logger.error(
+                    "pynenc-mongo: history write failed for good for invocation(s) %s: %s: %s",
+                    ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""),
+                    type(exc).__name__,
+                    exc,
+                )
+            self._complete(batch, error)
+
+    async def _insert_with_retry(self, docs: list[dict[str, Any]]) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(RETRY_ATTEMPTS),
+            wait=wait_exponential(
+                multiplier=RETRY_WAIT_MIN_SECONDS,
+                min=RETRY_WAIT_MIN_SECONDS,
+                max=RETRY_WAIT_MAX_SECONDS,
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                await self._insert(docs)
+
+    def _complete(
+        self, batch: list[tuple[int, dict[str, Any]]], error: BaseException | None
+    ) -> None:
+        last = batch[-1][0]
+        with self._cond:
+            self._completed_seq = last
+            self._in_flight -= len(batch)
+            for _, doc in batch:
+                inv_id = doc[schema.F_INV]
+                if error is not None:
+                    self._failures[inv_id] = error
+                    self._failures.move_to_end(inv_id)
+                if self._last_seq.get(inv_id, 0) <= last:
+                    self._last_seq.pop(inv_id, None)
+            while len(self._failures) > MAX_REMEMBERED_FAILURES:
+                self._failures.popitem(last=False)
+            self._cond.notify_all()
+
+
+def _mongo_insert(
+    url: str, database: str, driver: str, timeout_seconds: float, collection: str
+) -> InsertBatch:
+    """An idempotent unordered ``insert_many`` on the loop's asynchronous client."""
+    from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+    async def insert(docs: list[dict[str, Any]]) -> None:
+        client = aio.loop_thread().client(url, database, driver, timeout_seconds)
+        try:
+            await client[database][collection].insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if not only_duplicates(exc):
+                raise
+        except DuplicateKeyError as exc:
+            if exc.code != DUPLICATE_KEY:
+                raise
+
+    return insert
+
+
+_live_writers: weakref.WeakSet[AsyncHistoryWriter] = weakref.WeakSet()
+
+
+def flush_all_writers() -> None:
+    """Flush and close every live asynchronous writer of this process (at exit)."""
+    for writer in list(_live_writers):
+        if not writer.is_stale():
+            writer.close()
+
+
 def make_history_writer(backend: MongoStateBackend) -> HistoryWriter:
-    """Build the writer that ``mongo_history_write_mode`` selects."""
+    """Build the writer that ``mongo_history_write_mode`` selects (see module docstring)."""
+    mode = backend.conf.mongo_history_write_mode
+    if mode == "async" or (mode == "auto" and pynenc_writes_history_async()):
+        return AsyncHistoryWriter(backend)
     return SyncHistoryWriter(backend)
+
+
+# Registered after aio's handler (aio is imported above), so it runs first: atexit
+# is last-in, first-out, and writers must flush before the loop and clients stop.
+atexit.register(flush_all_writers)

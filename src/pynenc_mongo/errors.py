@@ -94,7 +94,11 @@ def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     for attempt in Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(RETRY_ATTEMPTS),
-        wait=wait_exponential(min=RETRY_WAIT_MIN_SECONDS, max=RETRY_WAIT_MAX_SECONDS),
+        wait=wait_exponential(
+            multiplier=RETRY_WAIT_MIN_SECONDS,
+            min=RETRY_WAIT_MIN_SECONDS,
+            max=RETRY_WAIT_MAX_SECONDS,
+        ),
         reraise=True,
     ):
         with attempt:

@@ -23,6 +23,7 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -37,11 +38,11 @@ from pymongo.collection import Collection
 from pynenc.invocation.status import InvocationStatus
 from pynenc.state_backend.base_state_backend import BaseStateBackend, InvocationHistory
 
-from pynenc_mongo import schema, values
+from pynenc_mongo import aio, schema, values
 from pynenc_mongo.async_writes import HistoryWriter, make_history_writer
 from pynenc_mongo.client import get_database
 from pynenc_mongo.config import ConfigStateBackendMongo, describe, effective_database
-from pynenc_mongo.errors import translate_errors, with_retry
+from pynenc_mongo.errors import translate, translate_errors, with_retry
 from pynenc_mongo.indexes import ensure_collection_indexes
 from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
@@ -69,6 +70,14 @@ STALE_READ_ATTEMPTS = 5
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential", re.IGNORECASE)
 
 DTOPair = tuple["InvocationDTO", "CallDTO"]
+
+
+def _at_path(doc: dict[str, Any] | None, path: str) -> Any:
+    """The value at dotted ``path`` of ``doc``, or None."""
+    value: Any = doc
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 class MongoStateBackend(BaseStateBackend[Any, Any]):
@@ -145,6 +154,15 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """Public access to a physical collection (for the history writer and tools)."""
         return self._collection(logical)
 
+    def collection_name(self, logical: str) -> str:
+        """The physical name of a logical collection (prefix applied)."""
+        return self._names[logical]
+
+    @property
+    def database_name(self) -> str:
+        """The database this backend uses (``mongo_database``, URL path or ``pynenc``)."""
+        return self._database_name
+
     @property
     def app_id(self) -> str:
         """The app whose documents this backend reads and writes."""
@@ -206,9 +224,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """
         for attempt in range(STALE_READ_ATTEMPTS):
             doc = with_retry(self._collection(logical).find_one, filter_, {path: 1, "_id": 0})
-            stored: Any = doc
-            for part in path.split("."):
-                stored = stored.get(part) if isinstance(stored, dict) else None
+            stored = _at_path(doc, path)
             if stored is None:
                 return False, ""
             try:
@@ -237,9 +253,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             upsert=True,
             return_document=ReturnDocument.BEFORE,
         )
-        old: Any = before
-        for part in path.split("."):
-            old = old.get(part) if isinstance(old, dict) else None
+        old = _at_path(before, path)
         if values.reference_id(old) not in (None, values.reference_id(prepared.stored)):
             self._delete_pieces(old)
 
@@ -409,10 +423,14 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             for doc in docs:
                 if InvocationStatus(doc["status"]).is_final():
                     doc[schema.F_EXPIRE] = doc["ts"] + timedelta(days=retention_days)
-        self.history_writer.submit(docs)
+        writer = self.history_writer
+        writer.submit(docs)
         if retention_days > 0:
             for doc in docs:
                 if schema.F_EXPIRE in doc:
+                    # Earlier records of the invocation must be stored before they
+                    # can be stamped: wait for them (asynchronous mode only blocks here).
+                    writer.wait(doc[F_INV])
                     self.expire_invocation(doc[F_INV], doc[schema.F_EXPIRE])
 
     @translate_errors
@@ -801,6 +819,163 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             {F_APP: self._app_id, "runner_id": {"$regex": re.escape(partial_id)}}, {"_id": 0}
         )
         return iter([self._context_from(doc) for doc in with_retry(list, cursor)])
+
+    # ------------------------------------------------------------------ async API
+    # Awaitable counterparts of the reads an async task needs. The queries run on
+    # the background loop's asynchronous client (pynenc_mongo.aio); the caller's
+    # event loop only awaits a future and is never blocked by MongoDB.
+    async def _aquery(
+        self,
+        logical: str,
+        filter_: dict[str, Any],
+        projection: dict[str, Any] | None = None,
+        sort: list[tuple[str, int]] | None = None,
+        one: bool = False,
+    ) -> Any:
+        conf = self.conf
+
+        async def query() -> Any:
+            self._collection(logical)  # first use: ensures indexes (on the loop thread)
+            client = aio.loop_thread().client(
+                conf.mongo_url,
+                self._database_name,
+                conf.mongo_async_driver,
+                conf.mongo_server_selection_timeout_seconds,
+            )
+            collection = client[self._database_name][self._names[logical]]
+            if one:
+                return await collection.find_one(filter_, projection)
+            cursor = collection.find(filter_, projection)
+            if sort:
+                cursor = cursor.sort(sort)
+            return await cursor.to_list(None)
+
+        try:
+            return await aio.run_async(query())
+        except Exception as exc:
+            mapped = translate(exc, self.describe_target())
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    async def _aload_value(self, stored: Any) -> str:
+        if isinstance(stored, str):
+            return stored
+        pieces = await self._aquery(
+            schema.VALUE_PIECES,
+            {F_APP: self._app_id, "value_id": stored["value_id"]},
+            sort=[("n", 1)],
+        )
+        return values.assemble(stored, pieces)
+
+    async def _aread_value(
+        self, logical: str, filter_: dict[str, Any], path: str
+    ) -> tuple[bool, str]:
+        """Awaitable :meth:`_read_value`."""
+        for attempt in range(STALE_READ_ATTEMPTS):
+            doc = await self._aquery(logical, filter_, {path: 1, "_id": 0}, one=True)
+            stored = _at_path(doc, path)
+            if stored is None:
+                return False, ""
+            try:
+                return True, await self._aload_value(stored)
+            except values.StaleValueError:
+                if attempt == STALE_READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aget_result(self, invocation_id: InvocationId) -> Any:
+        """Awaitable ``get_result``: the deserialized result.
+
+        :raises KeyError: if no result is stored.
+        """
+        found, text = await self._aread_value(
+            schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
+        )
+        if not found:
+            raise KeyError(f"Result for invocation {invocation_id} not found")
+        return self.app.client_data_store.deserialize(text)
+
+    async def aget_exception(self, invocation_id: InvocationId) -> Exception:
+        """Awaitable ``get_exception``: the deserialized exception.
+
+        :raises KeyError: if no exception is stored.
+        """
+        found, text = await self._aread_value(
+            schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
+        )
+        if not found:
+            raise KeyError(f"Exception for invocation {invocation_id} not found")
+        return self.deserialize_exception(text)
+
+    async def aget_history(self, invocation_id: InvocationId) -> list[InvocationHistory]:
+        """Awaitable ``get_history`` (time order, exact to the microsecond).
+
+        Waits first, without blocking the caller's loop, for this process's
+        pending writes of that invocation.
+        """
+        writer = self._writer
+        if writer is not None and writer.pending(invocation_id):
+            await asyncio.to_thread(writer.wait, invocation_id)
+        docs = await self._aquery(
+            schema.HISTORY,
+            {F_APP: self._app_id, F_INV: invocation_id},
+            sort=[(F_TS_US, 1), ("_id", 1)],
+        )
+        return [schema.history_from(doc) for doc in docs]
+
+    async def aget_invocation(self, invocation_id: InvocationId) -> DistributedInvocation[Any, Any]:
+        """Awaitable ``get_invocation``.
+
+        :raises pynenc.exceptions.InvocationNotFoundError: if it is not stored.
+        """
+        from pynenc.call import LazyCall
+        from pynenc.exceptions import InvocationNotFoundError
+        from pynenc.invocation.dist_invocation import DistributedInvocation
+
+        with self._cache_lock:
+            pair = self._dto_cache.get(invocation_id)
+        if pair is None:
+            doc = await self._aquery(
+                schema.INVOCATIONS,
+                {F_APP: self._app_id, F_INV: invocation_id},
+                {"_id": 0, "invocation": 1, "call": 1},
+                one=True,
+            )
+            if doc is None:
+                raise InvocationNotFoundError(invocation_id, "The invocation wasn't stored")
+            pair = await self._apair_from_doc(doc)
+            self._remember({invocation_id: pair})
+        inv_dto, call_dto = pair
+        invocation: DistributedInvocation[Any, Any] = DistributedInvocation.from_dto(
+            inv_dto, call=LazyCall.from_dto(self.app, call_dto)
+        )
+        return invocation
+
+    async def _apair_from_doc(self, doc: dict[str, Any]) -> DTOPair:
+        from pynenc.models.call_dto import CallDTO
+
+        call = doc["call"]
+        arguments = {
+            arg["name"]: await self._aload_value(arg["value"])
+            for arg in call["serialized_arguments"]
+        }
+        return schema.invocation_dto_from(doc), CallDTO(
+            call_id=schema.call_id_from(call["call_id"]), serialized_arguments=arguments
+        )
+
+    async def aget_workflow_data(
+        self, workflow_identity: WorkflowIdentity, key: str, default: Any = None
+    ) -> Any:
+        """Awaitable ``get_workflow_data``: the value under ``key`` or ``default``."""
+        found, text = await self._aread_value(
+            schema.WORKFLOW_DATA,
+            {F_APP: self._app_id, "workflow_id": workflow_identity.workflow_id},
+            "data." + schema.encode_data_key(key),
+        )
+        if not found:
+            return default
+        return self.app.client_data_store.deserialize(text)
 
 
 __all__ = ["MongoStateBackend", "MongoUrlError"]

@@ -75,6 +75,20 @@ async def slow_square(x: int) -> int:
 
 
 @app.task
+async def summarize(invocation_id: str) -> str:
+    """An ``async def`` task reading another invocation through the awaitable API.
+
+    ``aget_result``/``aget_history`` run on the backend's asynchronous MongoDB
+    client; this task's event loop is never blocked by MongoDB.
+    """
+    backend: Any = summarize.app.state_backend
+    result = await backend.aget_result(invocation_id)
+    history = await backend.aget_history(invocation_id)
+    statuses = " > ".join(entry.status_record.status.value for entry in history)
+    return f"{invocation_id[:8]} returned {result!r} ({statuses})"
+
+
+@app.task
 def fan_out(n: int) -> int:
     """Spawns ``n`` child ``add`` invocations and sums their results."""
     children = [add(i, i) for i in range(n)]
@@ -101,6 +115,14 @@ def order_workflow(order_id: str, items: int) -> dict[str, Any]:
     }
 
 
+def _wait_final(invocations: list[Any], deadline: float) -> None:
+    for invocation in invocations:
+        while not invocation.status.is_final():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"invocation {invocation.invocation_id} did not finish")
+            time.sleep(0.02)
+
+
 def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -> list[Any]:
     """Start a ThreadRunner, submit the workload, wait for every invocation, stop.
 
@@ -120,12 +142,10 @@ def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -
             order_workflow("order-17", 5),
         ]
         deadline = time.monotonic() + timeout_seconds
-        for invocation in invocations:
-            while not invocation.status.is_final():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"invocation {invocation.invocation_id} did not finish")
-                time.sleep(0.02)
-        return invocations
+        _wait_final(invocations, deadline)
+        summary = summarize(invocations[0].invocation_id)
+        _wait_final([summary], deadline)
+        return [*invocations, summary]
     finally:
         the_app.runner.stop_runner_loop()
         runner_thread.join(timeout=5)
