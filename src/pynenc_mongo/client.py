@@ -122,7 +122,3 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 atexit.register(close_all)
 
-
-def registry_size() -> int:
-    """Number of real clients in this process (for tests and diagnostics)."""
-    return len(_clients)

@@ -52,8 +52,6 @@ reference ``{value_id, pieces, size, codec}`` into ``value_pieces``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -521,25 +519,3 @@ def app_info_from(doc: dict[str, Any]) -> AppInfo:
         module_filepath=info.get("module_filepath"),
         app_variable=info.get("app_variable"),
     )
-
-
-def app_filter(app_id: str, **fields_: Any) -> dict[str, Any]:
-    """Equality filter scoped to ``app_id`` (every query starts with this)."""
-    return {F_APP: app_id, **fields_}
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """Split ``items`` into lists of at most ``size`` (``size`` >= 1)."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def dumps_for_log(doc: dict[str, Any]) -> str:
-    """Compact JSON of a filter for log messages (values cut at 80 chars)."""
-    return json.dumps({k: str(v)[:80] for k, v in doc.items()})
