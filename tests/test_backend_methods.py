@@ -41,7 +41,10 @@ def _history(inv_id: str, status: InvocationStatus, at: datetime) -> InvocationH
 def _invocations(app: Pynenc, n: int, with_args: bool = False) -> list[Any]:
     task = dummy_task_with_args if with_args else dummy_task
     task.app = app
-    return [task(i, 1) if with_args else task() for i in range(n)]
+    invocations = [task(i, 1) if with_args else task() for i in range(n)]
+    # calling a task records REGISTERED history: let it land before counting operations
+    app.state_backend.wait_for_all_async_operations()
+    return invocations
 
 
 # --------------------------------------------------------------------- invocations
@@ -339,7 +342,7 @@ def test_runner_context_search_is_literal(backend: Any) -> None:
 def test_app_info_missing_then_stored(make_app: Callable[..., Pynenc]) -> None:
     app = make_app()
     backend = app.state_backend  # storing app info happens here (pynenc does it)
-    backend.collection(schema.APP_INFOS).delete_many({})
+    backend.collection(schema.APP_INFOS).delete_many({schema.F_APP: app.app_id})
     with pytest.raises(KeyError):
         backend.get_app_info()
     from pynenc.app_info import AppInfo
