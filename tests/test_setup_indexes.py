@@ -446,6 +446,24 @@ def test_create_prints_progress_while_mongodb_builds(
     assert f"created {ALL} indexes" in out
 
 
+@pytest.mark.real_server
+def test_current_op_pipeline_is_accepted_by_the_server(layout: Layout) -> None:
+    """The ``$currentOp`` pipeline the progress display sends is valid on MongoDB."""
+    progress = cli.BuildProgress(layout.collection(schema.HISTORY))
+    assert progress.poll() is None  # no build running
+    assert progress.enabled
+
+
+@pytest.mark.real_server
+def test_mongodb_refuses_the_same_keys_under_another_name(layout: Layout) -> None:
+    """Why ``other_name`` is a conflict (mongomock accepts the second index)."""
+    results = layout.collection(schema.RESULTS)
+    results.create_index([("app_id", 1), ("invocation_id", 1)], name="ops_results")
+    with pytest.raises(OperationFailure) as exc:
+        results.create_index([("app_id", 1), ("invocation_id", 1)], name="app_invocation")
+    assert exc.value.code in (85, 86)
+
+
 # ---------------------------------------------------------------------------
 # Packaging
 # ---------------------------------------------------------------------------
