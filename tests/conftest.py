@@ -19,7 +19,7 @@ from pynenc import Pynenc, PynencBuilder
 from pynenc_mongo import client as client_mod
 from pynenc_mongo.indexes import forget_ensured
 
-pytest_plugins = ["pynenc_tests.conftest"]
+pytest_plugins = ["pynenc_tests.conftest", "query_recorder"]
 
 REAL_URL = os.environ.get("PYNENC_MONGO_TEST_URL", "").strip()
 RUN_ID = uuid.uuid4().hex[:10]

@@ -38,7 +38,8 @@ def discover_app_infos() -> dict[str, AppInfo]:
     )
     collection = db[schema.CollectionNames(conf.mongo_collection_prefix)[schema.APP_INFOS]]
     try:
-        docs = with_retry(list, collection.find({}))
+        # Sorted by app_id: the unique ``app`` index serves it (no collection scan).
+        docs = with_retry(list, collection.find({}).sort(schema.F_APP, 1))
     except Exception as exc:
         mapped = translate(exc, describe(conf))
         if mapped is exc:

@@ -52,6 +52,7 @@ reference ``{value_id, pieces, size, codec}`` into ``value_pieces``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -107,6 +108,47 @@ F_TS_US: Final = "ts_us"
 F_EXPIRE: Final = "expire_at"
 
 
+#: Index options that change what an index does, compared by :meth:`IndexSpec.differences`
+#: (MongoDB manual, "Index Properties"); others (``v``, ``background``, ``ns``) are ignored.
+COMPARED_INDEX_OPTIONS: Final = (
+    "unique",
+    "sparse",
+    "expireAfterSeconds",
+    "partialFilterExpression",
+    "hidden",
+    "collation",
+)
+#: Name of the index MongoDB creates on ``_id`` in every collection.
+ID_INDEX_NAME: Final = "_id_"
+
+
+def _direction(value: Any) -> int | str:
+    """Normalize a key direction from ``listIndexes`` (``1``, ``1.0``, ``Int64(1)``,
+    ``"text"``...) to an ``int`` when it is a number, else keep the string."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and float(value).is_integer():
+        return int(value)
+    return str(value)
+
+
+def key_pairs(info: Mapping[str, Any]) -> tuple[tuple[str, int | str], ...]:
+    """The ``key`` of a ``listIndexes`` entry as ``((field, direction), ...)`` in order.
+
+    :param Mapping info: one document of ``Collection.list_indexes()`` (its ``key``
+        is a document or a list of pairs, as PyMongo and mongomock return it).
+    :return: the normalized key pattern.
+    """
+    key = info.get("key") or {}
+    items = key.items() if isinstance(key, Mapping) else key
+    return tuple((str(name), _direction(direction)) for name, direction in items)
+
+
+def format_keys(keys: Iterable[tuple[str, Any]]) -> str:
+    """``((a, 1), (b, -1))`` -> ``"{a: 1, b: -1}"`` (the mongosh spelling, for messages)."""
+    return "{" + ", ".join(f"{name}: {direction}" for name, direction in keys) + "}"
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """One index the backend needs.
@@ -127,6 +169,11 @@ class IndexSpec:
     expire_after_seconds: int | None = None
     retention_only: bool = False
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The indexed field paths, in index order."""
+        return tuple(name for name, _direction in self.keys)
+
     def options(self) -> dict[str, Any]:
         """Keyword options for ``Collection.create_index`` (besides the keys)."""
         opts: dict[str, Any] = {"name": self.name}
@@ -135,6 +182,67 @@ class IndexSpec:
         if self.expire_after_seconds is not None:
             opts["expireAfterSeconds"] = self.expire_after_seconds
         return opts
+
+    def describe(self) -> str:
+        """Keys and options as a short text, e.g. ``{app_id: 1, invocation_id: 1} unique``."""
+        text = format_keys(self.keys)
+        if self.unique:
+            text += " unique"
+        if self.expire_after_seconds is not None:
+            text += f" TTL (expireAfterSeconds: {self.expire_after_seconds})"
+        return text
+
+    def same_keys(self, info: Mapping[str, Any]) -> bool:
+        """True when the ``listIndexes`` entry ``info`` has exactly this key pattern."""
+        return key_pairs(info) == tuple((name, _direction(d)) for name, d in self.keys)
+
+    def expected_options(
+        self, collection_collation: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The value of each of :data:`COMPARED_INDEX_OPTIONS` an index built from this
+        spec has: options not set are ``False``/``None``, and ``collation`` is the
+        collection's default collation (an index created without one inherits it;
+        MongoDB manual, "Collation").
+
+        :param Mapping | None collection_collation: the collection's default collation
+            as ``listCollections`` reports it, or None.
+        :return: ``{option: value}`` for every compared option.
+        """
+        return {
+            "unique": self.unique,
+            "sparse": False,
+            "expireAfterSeconds": self.expire_after_seconds,
+            "partialFilterExpression": None,
+            "hidden": False,
+            "collation": dict(collection_collation) if collection_collation else None,
+        }
+
+    def differences(
+        self, info: Mapping[str, Any], collection_collation: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """How an existing index differs from this definition, one text per difference.
+
+        :param Mapping info: one document of ``Collection.list_indexes()``.
+        :param Mapping | None collection_collation: see :meth:`expected_options`.
+        :return: e.g. ``["keys: expected {a: 1}, found {b: 1}", "unique: expected
+            True, found False"]``; empty when the index is what this spec defines
+            (the name is not compared).
+        """
+        found_keys = key_pairs(info)
+        out = []
+        if not self.same_keys(info):
+            out.append(f"keys: expected {format_keys(self.keys)}, found {format_keys(found_keys)}")
+        for option, expected in self.expected_options(collection_collation).items():
+            found = info.get(option)
+            if option in ("unique", "sparse", "hidden"):
+                found = bool(found)
+            elif option == "expireAfterSeconds" and found is not None:
+                found = _direction(found)
+            elif isinstance(found, Mapping):
+                found = dict(found)
+            if found != expected:
+                out.append(f"{option}: expected {expected!r}, found {found!r}")
+        return out
 
 
 def _ttl(collection: str) -> IndexSpec:
@@ -147,7 +255,8 @@ def _ttl(collection: str) -> IndexSpec:
     )
 
 
-#: Every index the backend needs; every query it issues is served by one of these.
+#: Every index the backend needs; every query it issues is served by one of these
+#: (``tests/test_query_coverage.py`` checks each query the test suite issues).
 INDEXES: Final[tuple[IndexSpec, ...]] = (
     IndexSpec(INVOCATIONS, ((F_APP, 1), (F_INV, 1)), "app_invocation", unique=True),
     IndexSpec(INVOCATIONS, ((F_APP, 1), (F_PARENT, 1)), "app_parent_invocation"),
@@ -190,6 +299,28 @@ def indexes_for(collection: str, retention: bool) -> list[IndexSpec]:
         for spec in INDEXES
         if spec.collection == collection and (retention or not spec.retention_only)
     ]
+
+
+def layout_prefixes(collection_names: Iterable[str]) -> list[str]:
+    """The collection prefixes that hold a pynenc-mongo layout in a database.
+
+    A prefix counts when ``<prefix>app_infos`` exists, or both ``<prefix>invocations``
+    and ``<prefix>history`` do (an app that never stored its app info).
+
+    :param Iterable[str] collection_names: the database's collection names
+        (``Database.list_collection_names()``).
+    :return: the prefixes, sorted.
+    """
+    names = set(collection_names)
+    found = set()
+    for name in names:
+        if name.endswith(APP_INFOS):
+            found.add(name[: -len(APP_INFOS)])
+        elif name.endswith(INVOCATIONS):
+            prefix = name[: -len(INVOCATIONS)]
+            if prefix + HISTORY in names:
+                found.add(prefix)
+    return sorted(found)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""Lazy index creation by the backend and the ``mongo_create_indexes`` switch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from index_helpers import Layout, make_layout
+from pymongo.errors import OperationFailure
+from pynenc import Pynenc
+
+from pynenc_mongo import cli, indexes, schema
+from pynenc_mongo.config import ConfigStateBackendMongo, MongoConfigError
+from pynenc_mongo.indexes import SETUP_SCRIPT, inspect_collection
+from pynenc_mongo.monitoring import count_operations
+
+INDEX_COMMANDS = {"listIndexes", "createIndexes", "listCollections"}
+
+
+@pytest.fixture
+def layout(mongo_url: str) -> Iterator[Layout]:
+    yield from make_layout(mongo_url)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "pynenc_mongo" and r.levelno == logging.WARNING
+    ]
+
+
+def _use_every_collection(app: Pynenc) -> None:
+    backend: Any = app.state_backend
+    backend.set_result("inv-1", "result")
+    assert backend.get_result("inv-1") == "result"
+    backend.purge()  # touches every collection of the layout
+
+
+def test_lazy_creation_creates_every_index_once_per_process_and_collection(
+    layout: Layout, make_app: Callable[..., Pynenc]
+) -> None:
+    """Default on: first use creates the collection's indexes (not the TTL ones);
+    later uses, by this or another backend of the process, send no index command."""
+    app = make_app(collection_prefix=layout.prefix)
+    _use_every_collection(app)
+    for logical in schema.ALL_COLLECTIONS:
+        report = inspect_collection(layout.collection(logical), logical, retention=False)
+        assert report.missing == [] and report.conflicts == [], logical
+        assert not any(name.endswith("_ttl") for name in layout.index_names(logical))
+    other = make_app(collection_prefix=layout.prefix)
+    with count_operations() as ops:
+        _use_every_collection(app)
+        _use_every_collection(other)
+    assert not INDEX_COMMANDS & set(ops.counts), ops.counts
+
+
+def test_lazy_creation_includes_ttl_indexes_with_retention(
+    layout: Layout, make_app: Callable[..., Pynenc]
+) -> None:
+    """``mongo_retention_days`` > 0: the TTL indexes (``expireAfterSeconds: 0``) too."""
+    _use_every_collection(make_app(collection_prefix=layout.prefix, retention_days=2))
+    for logical in schema.INVOCATION_OWNED:
+        info = {i["name"]: i for i in layout.collection(logical).list_indexes()}
+        assert info[f"{logical}_ttl"]["expireAfterSeconds"] == 0
+        assert dict(info[f"{logical}_ttl"]["key"]) == {"expire_at": 1}
+
+
+def test_lazy_creation_off_works_without_indexes_and_warns_once(
+    layout: Layout, make_app: Callable[..., Pynenc], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mongo_create_indexes=False``: no index is created, every operation works, and
+    one warning (for the whole process) names the setup script."""
+    caplog.set_level(logging.WARNING, logger="pynenc_mongo")
+    app = make_app(collection_prefix=layout.prefix, create_indexes=False)
+    _use_every_collection(app)
+    _use_every_collection(make_app(collection_prefix=layout.prefix, create_indexes=False))
+    for logical in schema.ALL_COLLECTIONS:
+        assert layout.index_names(logical) <= {"_id_"}, logical
+    [warning] = _warnings(caplog)
+    assert SETUP_SCRIPT in warning
+    assert "mongo_create_indexes is off" in warning
+    assert "18 indexes missing" in warning
+
+
+def test_lazy_creation_off_is_silent_when_the_script_created_the_indexes(
+    layout: Layout, make_app: Callable[..., Pynenc], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator's setup: the script creates the indexes, the backend only checks."""
+    assert cli.main(layout.args()) == cli.EXIT_OK
+    caplog.set_level(logging.WARNING, logger="pynenc_mongo")
+    with count_operations() as ops:
+        _use_every_collection(make_app(collection_prefix=layout.prefix, create_indexes=False))
+    assert _warnings(caplog) == []
+    assert "createIndexes" not in ops.counts
+
+
+def test_create_indexes_setting_from_env_var(
+    layout: Layout, make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PYNENC__MONGO_CREATE_INDEXES`` turns lazy creation off; bad values are refused
+    with an error naming the setting and the value."""
+    monkeypatch.setenv("PYNENC__MONGO_CREATE_INDEXES", "false")
+    assert ConfigStateBackendMongo().mongo_create_indexes is False
+    _use_every_collection(make_app(collection_prefix=layout.prefix))
+    assert layout.index_names(schema.RESULTS) <= {"_id_"}
+    monkeypatch.setenv("PYNENC__MONGO_CREATE_INDEXES", "maybe")
+    with pytest.raises(MongoConfigError, match="mongo_create_indexes.*'maybe'"):
+        ConfigStateBackendMongo()
+
+
+def test_lazy_creation_leaves_a_conflicting_index_alone_and_warns(
+    layout: Layout, make_app: Callable[..., Pynenc], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same keys under another name: MongoDB would refuse a second index, so the
+    backend creates the others, keeps working and warns naming the script."""
+    layout.collection(schema.RESULTS).create_index(
+        [("app_id", 1), ("invocation_id", 1)], name="ops_results", unique=True
+    )
+    caplog.set_level(logging.WARNING, logger="pynenc_mongo")
+    _use_every_collection(make_app(collection_prefix=layout.prefix))
+    assert layout.index_names(schema.RESULTS) == {"_id_", "ops_results"}
+    assert "app_task" in layout.index_names(schema.INVOCATIONS)
+    [warning] = _warnings(caplog)
+    assert "ops_results" in warning and f"{SETUP_SCRIPT} --check" in warning
+
+
+def test_lazy_creation_not_authorized_warns_once_and_works(
+    layout: Layout,
+    make_app: Callable[..., Pynenc],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the createIndex privilege (code 13) the backend works, warning once."""
+
+    def refuse(collection: Any, specs: Any) -> list[str]:
+        raise OperationFailure("not authorized to execute command createIndexes", code=13)
+
+    monkeypatch.setattr(indexes, "create_indexes", refuse)
+    caplog.set_level(logging.WARNING, logger="pynenc_mongo")
+    _use_every_collection(make_app(collection_prefix=layout.prefix))
+    [warning] = _warnings(caplog)
+    assert "not authorized" in warning
+    assert SETUP_SCRIPT in warning and "PYNENC__MONGO_CREATE_INDEXES=false" in warning
