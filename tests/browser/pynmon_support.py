@@ -260,17 +260,20 @@ class QueryAudit:
                 setattr(cls, name, original)
 
 
-def index_serving(logical: str, filter_: dict[str, Any], sort: list[tuple[str, int]] | None):
+def index_serving(logical: str, filter_: dict[str, Any], sort: list[tuple[str, int]] | None) -> Any:
     """The :class:`~pynenc_mongo.schema.IndexSpec` that serves the query, or None.
 
     A query is served when its equality fields (plain values, ``$eq``, ``$in``) are the
     leading keys of an index (in any order), its other conditions (ranges, ``$regex``)
     are on the keys right after them, and its sort keys follow the equality keys in
     index order, all in the index's direction or all reversed. A filter on ``_id``
-    alone is served by MongoDB's ``_id`` index.
+    alone is served by MongoDB's ``_id`` index; an empty filter by none (it reads the
+    whole collection, every app's documents).
     """
     from pynenc_mongo import schema
 
+    if not filter_:
+        return None
     if set(filter_) == {"_id"} and not sort:
         return "_id_"
     equality = set()

@@ -407,5 +407,6 @@ def test_backend_queries_are_indexed(monitor_data: MonitorData, query_audit: Que
     assert unserved_queries(query_audit.records) == []
     # the check itself tells a scan from an index
     assert index_serving("history", {"app_id": "a", "status": "failed"}, None) is None
+    assert index_serving("app_infos", {}, None) is None
     assert index_serving("history", {"app_id": "a", "ts_us": {"$gte": 1}}, [("_id", 1)]) is None
     assert index_serving("workflow_runs", {"app_id": "a"}, [("_id", -1)]) is not None
