@@ -8,22 +8,18 @@ whose state backend is ``MongoStateBackend`` (other components in memory).
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 from pynenc import Pynenc, PynencBuilder
+from run_settings import REAL_URL, RUN_DATABASE
 
 from pynenc_mongo import client as client_mod
 from pynenc_mongo.indexes import forget_ensured
 
 pytest_plugins = ["pynenc_tests.conftest", "query_recorder"]
-
-REAL_URL = os.environ.get("PYNENC_MONGO_TEST_URL", "").strip()
-RUN_ID = uuid.uuid4().hex[:10]
-RUN_DATABASE = f"pynenc_mongo_test_{RUN_ID}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from conftest import REAL_URL, RUN_DATABASE
+from run_settings import REAL_URL, RUN_DATABASE
 
 from pynenc_mongo import schema
 from pynenc_mongo.client import get_database

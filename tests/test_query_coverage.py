@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import query_recorder
-from conftest import RUN_DATABASE
 from pynenc import Pynenc, PynencBuilder
 from pynenc.app_info import AppInfo
 from pynenc.identifiers.task_id import TaskId
@@ -26,6 +25,7 @@ from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 from pynenc.runner.runner_context import RunnerContext
 from pynenc.workflow.workflow_identity import WorkflowIdentity
 from query_recorder import QueryShape, analyze_filter, serving_index
+from run_settings import RUN_DATABASE
 
 from pynenc_mongo import cli, schema
 from pynenc_mongo.state_backend import MongoStateBackend
@@ -88,7 +88,13 @@ def shape(collection: str, query: dict[str, Any], sort: Any = None, distinct: An
             None,
             "app_runner",
         ),
-        (schema.WORKFLOW_RUNS, {"app_id": "a"}, None, "workflow_type.key", "app_workflow_type"),
+        (
+            schema.WORKFLOW_RUNS,
+            {"app_id": "a"},
+            None,
+            "workflow_type.key",
+            "app_workflow_type_newest",
+        ),
         (schema.APP_INFOS, {}, "app_id", None, "app"),
         (schema.APP_INFOS, {"$and": [{"app_id": "a"}]}, None, None, "app"),
         (schema.HISTORY, {"_id": "x"}, None, None, "_id_"),

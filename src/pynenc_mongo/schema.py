@@ -37,7 +37,7 @@ Collections (names get the ``mongo_collection_prefix``, default ``pynenc_``):
   module_filepath, app_variable}}``; ``config_values`` is tagged so sets, tuples
   and bytes round-trip, and the Mongo URL is stored without its password.
 ``workflow_runs`` -- ``{app_id, workflow_id, workflow_type: {key, module,
-  func_name}, parent_workflow_id}``
+  func_name}, parent_workflow_id}``; read newest first (``_id`` descending)
 ``workflow_sub_invocations`` -- ``{app_id, workflow_id, sub_invocation_id}``
 ``workflow_data`` -- one document per workflow: ``{app_id, workflow_id, data:
   {<encoded key>: value}}``; :func:`encode_data_key` makes any string a legal
@@ -271,7 +271,13 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
     IndexSpec(RUNNER_CONTEXTS, ((F_APP, 1), ("runner_id", 1)), "app_runner", unique=True),
     IndexSpec(APP_INFOS, ((F_APP, 1),), "app", unique=True),
     IndexSpec(WORKFLOW_RUNS, ((F_APP, 1), ("workflow_id", 1)), "app_workflow", unique=True),
-    IndexSpec(WORKFLOW_RUNS, ((F_APP, 1), ("workflow_type.key", 1)), "app_workflow_type"),
+    # Workflow runs are read newest first (``_id`` descending), by type or all of them.
+    IndexSpec(
+        WORKFLOW_RUNS,
+        ((F_APP, 1), ("workflow_type.key", 1), ("_id", -1)),
+        "app_workflow_type_newest",
+    ),
+    IndexSpec(WORKFLOW_RUNS, ((F_APP, 1), ("_id", -1)), "app_newest"),
     IndexSpec(
         WORKFLOW_SUB_INVOCATIONS,
         ((F_APP, 1), ("workflow_id", 1), ("sub_invocation_id", 1)),

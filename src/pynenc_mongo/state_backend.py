@@ -659,17 +659,20 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         return iter([TaskId.from_key(key) for key in sorted(keys)])
 
     def _workflow_runs(self, filter_: dict[str, Any]) -> Iterator[WorkflowIdentity]:
-        cursor = self._collection(schema.WORKFLOW_RUNS).find(filter_, {"_id": 0})
+        # Newest first, to the second (``_id`` is the ObjectId made when the run was first
+        # stored): pynenc's monitor shows the first run as a type's "latest run" and
+        # charts the first three.
+        cursor = self._collection(schema.WORKFLOW_RUNS).find(filter_, {"_id": 0}).sort("_id", -1)
         return iter([schema.workflow_run_from(doc) for doc in with_retry(list, cursor)])
 
     @translate_errors
     def get_all_workflow_runs(self) -> Iterator[WorkflowIdentity]:
-        """Every workflow run of the app."""
+        """Every workflow run of the app, newest first."""
         return self._workflow_runs({F_APP: self._app_id})
 
     @translate_errors
     def get_workflow_runs(self, workflow_type: TaskId) -> Iterator[WorkflowIdentity]:
-        """Workflow runs of one workflow type."""
+        """Workflow runs of one workflow type, newest first."""
         return self._workflow_runs({F_APP: self._app_id, "workflow_type.key": workflow_type.key})
 
     @translate_errors
