@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from pynenc_mongo import schema
 from pynenc_mongo.client import get_database
 from pynenc_mongo.config import ConfigStateBackendMongo, describe, effective_database
-from pynenc_mongo.errors import translate, with_retry
+from pynenc_mongo.errors import translate
+from pynenc_mongo.operations import find_all
 
 if TYPE_CHECKING:
     from pynenc.app_info import AppInfo
@@ -38,7 +39,7 @@ def discover_app_infos() -> dict[str, AppInfo]:
     )
     collection = db[schema.CollectionNames(conf.mongo_collection_prefix)[schema.APP_INFOS]]
     try:
-        docs = with_retry(list, collection.find({}))
+        docs = find_all(collection, {})
     except Exception as exc:
         mapped = translate(exc, describe(conf))
         if mapped is exc:
