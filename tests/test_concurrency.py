@@ -132,7 +132,8 @@ def test_same_invocation_from_many_threads_leaves_one_document(make_raw_app: Any
     backend = app.state_backend
     invocations = raw(backend, schema.INVOCATIONS)
     for inv_dto, _ in pairs:
-        assert invocations.count_documents({"invocation_id": inv_dto.invocation_id}) == 1
+        query = {"app_id": app.app_id, "invocation_id": inv_dto.invocation_id}
+        assert invocations.count_documents(query) == 1
     referenced = {
         arg["value"]["value_id"]
         for doc in invocations.find({"app_id": app.app_id})

@@ -219,7 +219,8 @@ def test_losing_duplicate_writer_deletes_its_pieces(make_app: Any) -> None:
     inv, call = make_dtos("inv-dup", args)
     first._upsert_invocations([(inv, call)])
     second._upsert_invocations([(inv, call)])
-    assert raw(first, schema.INVOCATIONS).count_documents({"invocation_id": "inv-dup"}) == 1
+    query = {"app_id": app.app_id, "invocation_id": "inv-dup"}
+    assert raw(first, schema.INVOCATIONS).count_documents(query) == 1
     assert_no_orphans(first)
     third = make_app(app_id=app.app_id).state_backend
     assert third._get_invocation("inv-dup")[1].serialized_arguments == args

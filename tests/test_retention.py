@@ -9,6 +9,7 @@ deletion itself is checked against a real server.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -90,8 +91,14 @@ def test_expire_at_is_set_on_exactly_the_finished_invocations_documents(
         assert all(schema.F_EXPIRE not in doc for doc in docs), logical
 
 
+def _prefix() -> str:
+    """A collection prefix of its own: indexes belong to collections, which a real
+    server's test database shares between tests."""
+    return f"t{uuid.uuid4().hex[:8]}_"
+
+
 def test_without_retention_nothing_expires(make_raw_app: Any) -> None:
-    backend = make_raw_app(inline_value_max_bytes=1024).state_backend
+    backend = make_raw_app(inline_value_max_bytes=1024, collection_prefix=_prefix()).state_backend
     _populate(backend, "done", "SUCCESS")
     for logical, docs in _owned(backend, "done").items():
         assert all(schema.F_EXPIRE not in doc for doc in docs), logical
@@ -101,7 +108,7 @@ def test_without_retention_nothing_expires(make_raw_app: Any) -> None:
 
 
 def test_ttl_indexes_exist_with_expire_after_zero_when_retention_is_on(make_raw_app: Any) -> None:
-    backend = make_raw_app(retention_days=1).state_backend
+    backend = make_raw_app(retention_days=1, collection_prefix=_prefix()).state_backend
     _populate(backend, "done", "SUCCESS")
     expected = {
         schema.INVOCATIONS,
