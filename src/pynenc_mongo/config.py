@@ -18,7 +18,10 @@ never appears in the message.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import math
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cistell import ConfigField
@@ -31,6 +34,19 @@ DEFAULT_URL = "mongodb://localhost:27017"
 DEFAULT_DATABASE = "pynenc"
 HISTORY_WRITE_MODES = ("auto", "async", "sync")
 ASYNC_DRIVERS = ("pymongo", "motor")
+
+#: Largest inline value: half of MongoDB's 16 MiB document limit (and one piece).
+MAX_INLINE_VALUE_BYTES = 8 * 1024 * 1024
+#: Longest retention: 100 years (dates beyond that overflow Python's datetime).
+MAX_RETENTION_DAYS = 36_500.0
+#: Longest server selection timeout accepted: one day.
+MAX_TIMEOUT_SECONDS = 86_400.0
+#: MongoDB's limit on a namespace (``<database>.<collection>``) in bytes
+#: (MongoDB manual, "MongoDB Limits and Thresholds": 255 bytes since 4.4).
+MAX_NAMESPACE_BYTES = 255
+#: Longest collection prefix: leaves room for a 63-byte database name, the dot
+#: and the longest logical collection name (``workflow_sub_invocations``).
+MAX_PREFIX_BYTES = MAX_NAMESPACE_BYTES - 63 - 1 - len("workflow_sub_invocations")
 
 _TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "off", "n", "f", ""})
@@ -69,22 +85,50 @@ def _bool_mapper(name: str) -> Callable[[Any, type], bool]:
 
 
 def _number_mapper(
-    name: str, kind: type[int] | type[float], minimum: float, unit: str
+    name: str,
+    kind: type[int] | type[float],
+    minimum: float,
+    unit: str,
+    maximum: float | None = None,
+    why_maximum: str = "",
 ) -> Callable[[Any, type], Any]:
-    """Mapper for an int/float setting with a lower bound, naming the unit in errors."""
+    """Mapper for an int/float setting within ``[minimum, maximum]``, naming the unit.
+
+    Refuses booleans, NaN and infinities, and (for integer settings) numbers
+    with a fractional part, instead of silently truncating them.
+    """
+    expected = "an integer" if kind is int else "a number"
 
     def mapper(value: Any, _expected: type) -> Any:
         if isinstance(value, bool):
-            raise MongoConfigError(f"{name}: expected a number of {unit}, got {value!r}")
+            raise MongoConfigError(f"{name}: expected {expected} of {unit}, got {value!r}")
+        raw = value.strip() if isinstance(value, str) else value
         try:
-            number = kind(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
+            as_float = float(raw)
+        except (TypeError, ValueError, OverflowError):
             raise MongoConfigError(
-                f"{name}: expected {'an integer' if kind is int else 'a number'} of {unit}, "
-                f"got {value!r}"
+                f"{name}: expected {expected} of {unit}, got {value!r}"
             ) from None
+        if not math.isfinite(as_float):
+            raise MongoConfigError(
+                f"{name}: expected a finite number of {unit}, got {value!r}"
+            ) from None
+        number: int | float
+        if kind is int:
+            if isinstance(raw, int):
+                number = raw
+            elif as_float.is_integer():
+                number = int(as_float)
+            else:
+                raise MongoConfigError(f"{name}: expected an integer of {unit}, got {value!r}")
+        else:
+            number = as_float
         if number < minimum:
             raise MongoConfigError(f"{name}: expected at least {minimum} {unit}, got {number!r}")
+        if maximum is not None and number > maximum:
+            raise MongoConfigError(
+                f"{name}: expected at most {maximum} {unit}{why_maximum}, got {number!r}"
+            )
         return number
 
     return mapper
@@ -113,11 +157,20 @@ def _url_mapper(value: Any, _expected: type) -> str:
 
 
 def _prefix_mapper(value: Any, _expected: type) -> str:
-    """Collection-name prefix: MongoDB forbids ``$`` and NUL in collection names."""
-    if not isinstance(value, str) or "$" in value or "\x00" in value or value.startswith("system."):
+    """Collection-name prefix: MongoDB forbids ``$`` and NUL in collection names,
+    reserves ``system.``, and limits a namespace to 255 bytes."""
+    if (
+        not isinstance(value, str)
+        or "$" in value
+        or "\x00" in value
+        or value.startswith("system.")
+        or len(value.encode("utf-8", "surrogatepass")) > MAX_PREFIX_BYTES
+    ):
+        shown = value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value
         raise MongoConfigError(
             "mongo_collection_prefix: expected a string without '$' or NUL that does not "
-            f"start with 'system.', got {value!r}"
+            f"start with 'system.', at most {MAX_PREFIX_BYTES} bytes (so every collection "
+            f"name fits MongoDB's {MAX_NAMESPACE_BYTES}-byte namespace limit), got {shown!r}"
         )
     return value
 
@@ -159,7 +212,14 @@ class ConfigMongo(ConfigPynencBase):
     mongo_url = ConfigField(DEFAULT_URL, _url_mapper, secret=True)
     mongo_database = ConfigField("", _database_mapper)
     mongo_server_selection_timeout_seconds = ConfigField(
-        5.0, _number_mapper("mongo_server_selection_timeout_seconds", float, 0.001, "seconds")
+        5.0,
+        _number_mapper(
+            "mongo_server_selection_timeout_seconds",
+            float,
+            0.001,
+            "seconds",
+            MAX_TIMEOUT_SECONDS,
+        ),
     )
     mongo_collection_prefix = ConfigField("pynenc_", _prefix_mapper)
     mongo_async_driver = ConfigField("pymongo", _choice_mapper("mongo_async_driver", ASYNC_DRIVERS))
@@ -179,10 +239,10 @@ class ConfigStateBackendMongo(ConfigStateBackend, ConfigMongo):
     :cvar ConfigField[int] mongo_inline_value_max_bytes:
         Results, exceptions, arguments and workflow-data values up to this many bytes
         (UTF-8) are stored inline; larger ones are compressed and split into pieces.
-        Default 1048576 (1 MiB).
+        Default 1048576 (1 MiB), at most 8388608 (8 MiB).
     :cvar ConfigField[float] mongo_retention_days:
         Days after an invocation's final history record after which MongoDB's TTL
-        monitor deletes its documents. 0 (default) keeps everything.
+        monitor deletes its documents. 0 (default) keeps everything; at most 36500.
     :cvar ConfigField[int] mongo_invocation_cache_size:
         How many invocations' (immutable) DTOs each process keeps in memory. Default 10000.
     """
@@ -195,10 +255,18 @@ class ConfigStateBackendMongo(ConfigStateBackend, ConfigMongo):
         10_000, _number_mapper("mongo_max_pending_writes", int, 1, "records")
     )
     mongo_inline_value_max_bytes = ConfigField(
-        1_048_576, _number_mapper("mongo_inline_value_max_bytes", int, 1024, "bytes")
+        1_048_576,
+        _number_mapper(
+            "mongo_inline_value_max_bytes",
+            int,
+            1024,
+            "bytes",
+            MAX_INLINE_VALUE_BYTES,
+            " (half of MongoDB's 16 MiB document limit; larger values are split anyway)",
+        ),
     )
     mongo_retention_days = ConfigField(
-        0.0, _number_mapper("mongo_retention_days", float, 0.0, "days")
+        0.0, _number_mapper("mongo_retention_days", float, 0.0, "days", MAX_RETENTION_DAYS)
     )
     mongo_invocation_cache_size = ConfigField(
         10_000, _number_mapper("mongo_invocation_cache_size", int, 0, "invocations")
@@ -219,3 +287,82 @@ def effective_database(conf: ConfigMongo) -> str:
 def describe(conf: ConfigMongo) -> str:
     """One-line description of where ``conf`` points, with the password redacted."""
     return f"{redact_url(conf.mongo_url)} database={effective_database(conf)!r}"
+
+
+def known_settings() -> set[str]:
+    """Names of every pynenc-mongo setting: the ``ConfigField``s of :class:`ConfigMongo`
+    and of every class derived from it (so other pynenc-mongo components count too)."""
+    names: set[str] = set()
+    pending: list[type[Any]] = [ConfigMongo]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        for klass in cls.__mro__:
+            names.update(k for k, v in vars(klass).items() if isinstance(v, ConfigField))
+    return names
+
+
+def check_unknown_settings(
+    config_values: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
+) -> None:
+    """Refuse misspelt pynenc-mongo settings instead of silently ignoring them.
+
+    cistell ignores keys it does not know, so ``mongo_urll`` or
+    ``PYNENC__MONGO_TIMEOUT`` would leave the default in force unnoticed. This
+    looks at ``config_values`` keys starting with ``mongo_`` and at environment
+    variables ``PYNENC__MONGO_*`` and ``PYNENC__CONFIG<CLASS>MONGO__*`` (for
+    every pynenc-mongo config class); settings in config files are not checked.
+
+    :param config_values: the app's config values (may be None).
+    :param environ: environment to check (default ``os.environ``).
+    :raises MongoConfigError: naming the unknown setting, where it came from and
+        the closest known setting.
+    """
+    known = known_settings()
+    env = os.environ if environ is None else environ
+    found: list[tuple[str, str]] = []
+    for key in config_values or {}:
+        if isinstance(key, str) and key.lower().startswith("mongo_") and key not in known:
+            found.append((key, "config values"))
+    prefix = ConfigMongo.ENV_PREFIX + ConfigMongo.ENV_SEP
+    classes: list[type[Any]] = [ConfigMongo, *_all_subclasses(ConfigMongo)]
+    class_prefixes = {
+        f"{prefix}{cls.__name__.upper()}{ConfigMongo.ENV_SEP}": cls for cls in classes
+    }
+    for var in env:
+        upper = var.upper()
+        if upper.startswith(prefix + "MONGO_"):
+            name = upper[len(prefix) :].lower()
+            if name not in known:
+                found.append((name, f"environment variable {var}"))
+            continue
+        for class_prefix, cls in class_prefixes.items():
+            if upper.startswith(class_prefix):
+                name = upper[len(class_prefix) :].lower()
+                fields = {
+                    k
+                    for klass in cls.__mro__
+                    for k, v in vars(klass).items()
+                    if isinstance(v, ConfigField)
+                }
+                if name and name != ConfigMongo.ENV_FILEPATH.lower() and name not in fields:
+                    found.append((name, f"environment variable {var}"))
+    if found:
+        name, source = found[0]
+        close = difflib.get_close_matches(name.lower(), sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise MongoConfigError(
+            f"{name}: unknown pynenc-mongo setting (from {source}){hint} "
+            f"Known settings: {', '.join(sorted(known))}"
+        )
+
+
+def _all_subclasses(cls: type[Any]) -> list[type[Any]]:
+    """Every class derived from ``cls``, recursively."""
+    result: list[type[Any]] = []
+    pending: list[type[Any]] = list(cls.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        result.append(sub)
+        pending.extend(sub.__subclasses__())
+    return result

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from pynenc_mongo import schema
 from pynenc_mongo.client import get_database
 from pynenc_mongo.config import ConfigStateBackendMongo, describe, effective_database
-from pynenc_mongo.errors import translate, with_retry
+from pynenc_mongo.errors import translate
+from pynenc_mongo.operations import find_all
 
 if TYPE_CHECKING:
     from pynenc.app_info import AppInfo
@@ -39,7 +40,7 @@ def discover_app_infos() -> dict[str, AppInfo]:
     collection = db[schema.CollectionNames(conf.mongo_collection_prefix)[schema.APP_INFOS]]
     try:
         # Sorted by app_id: the unique ``app`` index serves it (no collection scan).
-        docs = with_retry(list, collection.find({}).sort(schema.F_APP, 1))
+        docs = find_all(collection, {}, sort=[(schema.F_APP, 1)])
     except Exception as exc:
         mapped = translate(exc, describe(conf))
         if mapped is exc:

@@ -13,13 +13,15 @@ and never a password.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
+    DocumentTooLarge,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -39,6 +41,11 @@ RETRY_ATTEMPTS = 5
 RETRY_WAIT_MIN_SECONDS = 0.05
 RETRY_WAIT_MAX_SECONDS = 2.0
 AUTH_FAILED_CODES = frozenset({18, 8000})  # AuthenticationFailed; Atlas "bad auth"
+#: MongoDB's limit on one BSON document (MongoDB manual, "BSON Document Size").
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+#: Server error codes for "document would pass the 16 MiB limit": BSONObjectTooLarge
+#: (10334), and on update / upsert 17419 and 17420.
+DOCUMENT_TOO_LARGE_CODES = frozenset({10334, 17419, 17420})
 
 
 class MongoBackendError(RuntimeError):
@@ -51,6 +58,30 @@ class MongoUnavailableError(MongoBackendError, ConnectionError):
 
 class MongoAuthenticationError(MongoBackendError, PermissionError):
     """MongoDB refused the credentials."""
+
+
+class MongoLimitError(MongoBackendError, ValueError):
+    """Something is too large for MongoDB to hold (a document over 16 MiB).
+
+    The message names the limit and what passed it.
+    """
+
+
+def is_document_too_large(exc: BaseException) -> bool:
+    """True when ``exc`` says a document would pass MongoDB's 16 MiB limit.
+
+    Covers PyMongo's client-side ``DocumentTooLarge`` and the server's errors
+    :data:`DOCUMENT_TOO_LARGE_CODES` (also inside a bulk write's first error).
+    """
+    if isinstance(exc, DocumentTooLarge):
+        return True
+    if isinstance(exc, OperationFailure):
+        if exc.code in DOCUMENT_TOO_LARGE_CODES:
+            return True
+        details = exc.details or {}
+        errors = details.get("writeErrors") or []
+        return any(err.get("code") in DOCUMENT_TOO_LARGE_CODES for err in errors)
+    return False
 
 
 class AsyncOperationError(MongoBackendError):
@@ -111,6 +142,11 @@ def translate(exc: BaseException, where: str) -> BaseException:
 
     Returns ``exc`` itself when it is not a connection or authentication failure.
     """
+    if is_document_too_large(exc):
+        return MongoLimitError(
+            f"MongoDB at {where} refused a document larger than its limit of "
+            f"{MAX_DOCUMENT_BYTES} bytes (16 MiB): {type(exc).__name__}: {str(exc)[:300]}"
+        )
     if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILED_CODES:
         return MongoAuthenticationError(f"MongoDB at {where} refused the credentials: {exc}")
     if isinstance(exc, ServerSelectionTimeoutError):
@@ -125,17 +161,36 @@ def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
     """Decorator for backend methods: connection and auth failures get clear errors.
 
     The decorated method's first argument must have ``describe_target()``
-    (host and database, password redacted).
+    (host and database, password redacted). Generator methods are wrapped so
+    that errors raised while iterating are translated too.
     """
+
+    def mapped_error(args: tuple[Any, ...], exc: BaseException) -> BaseException | None:
+        owner: Any = args[0]
+        mapped = translate(exc, owner.describe_target())
+        return None if mapped is exc else mapped
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def gen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+            try:
+                yield from cast(Iterator[Any], method(*args, **kwargs))
+            except (PyMongoError, ConnectionError) as exc:
+                mapped = mapped_error(args, exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
+
+        return cast(Callable[P, T], gen_wrapper)
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
         except (PyMongoError, ConnectionError) as exc:
-            owner: Any = args[0]
-            mapped = translate(exc, owner.describe_target())
-            if mapped is exc:
+            mapped = mapped_error(args, exc)
+            if mapped is None:
                 raise
             raise mapped from None
 

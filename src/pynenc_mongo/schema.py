@@ -52,9 +52,11 @@ reference ``{value_id, pieces, size, codec}`` into ``value_pieces``.
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from bson import ObjectId
@@ -95,6 +97,15 @@ ALL_COLLECTIONS: Final = (
 
 #: Collections whose documents belong to one invocation and expire with it.
 INVOCATION_OWNED: Final = (INVOCATIONS, HISTORY, RESULTS, EXCEPTIONS, VALUE_PIECES)
+#: Collections with a TTL index when ``mongo_retention_days`` > 0: the invocation's
+#: own, plus a workflow's documents (they expire with the workflow's root invocation).
+#: ``runner_contexts`` and ``app_infos`` are kept (one per runner / app).
+RETENTION_COLLECTIONS: Final = (
+    *INVOCATION_OWNED,
+    WORKFLOW_RUNS,
+    WORKFLOW_DATA,
+    WORKFLOW_SUB_INVOCATIONS,
+)
 
 # Field paths used in queries (kept here so indexes and queries agree).
 F_APP: Final = "app_id"
@@ -246,6 +257,7 @@ class IndexSpec:
 
 
 def _ttl(collection: str) -> IndexSpec:
+    """The TTL index of ``collection``: documents go once their ``expire_at`` passes."""
     return IndexSpec(
         collection,
         ((F_EXPIRE, 1),),
@@ -289,7 +301,7 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True
     ),
     IndexSpec(VALUE_PIECES, ((F_APP, 1), ("owner", 1)), "app_owner"),
-    *(_ttl(c) for c in INVOCATION_OWNED),
+    *(_ttl(c) for c in RETENTION_COLLECTIONS),
 )
 
 
@@ -369,12 +381,23 @@ def from_us(micros: int) -> datetime:
 # Workflow-data keys
 # ---------------------------------------------------------------------------
 _KEY_ESCAPES = {"%": "%25", ".": "%2E", "$": "%24", "\x00": "%00"}
+_KEY_UNESCAPE = re.compile(r"%(25|2E|24|00|u[0-9A-F]{4})")
+
+
+def _escape_key_char(ch: str) -> str:
+    escaped = _KEY_ESCAPES.get(ch)
+    if escaped is not None:
+        return escaped
+    if "\ud800" <= ch <= "\udfff":  # a lone surrogate: not valid UTF-8, so not BSON
+        return f"%u{ord(ch):04X}"
+    return ch
 
 
 def encode_data_key(key: str) -> str:
     """Make any string a legal, addressable MongoDB field name.
 
-    ``%``, ``.``, ``$`` and NUL are percent-escaped and a ``k`` is prepended, so
+    ``%``, ``.``, ``$`` and NUL are percent-escaped (lone surrogates, which no
+    UTF-8 field name can hold, become ``%uXXXX``) and a ``k`` is prepended, so
     ``""`` becomes ``"k"``, ``"a.b"`` becomes ``"ka%2Eb"`` and ``"$x"`` becomes
     ``"k%24x"``; the result never starts with ``$`` and never contains ``.``
     (MongoDB manual, "Field Names"), so ``$set: {"data.<encoded>": v}`` works.
@@ -385,15 +408,25 @@ def encode_data_key(key: str) -> str:
     """
     if not isinstance(key, str):
         raise TypeError(f"workflow data key: expected a str, got {type(key).__name__}")
-    return "k" + "".join(_KEY_ESCAPES.get(ch, ch) for ch in key)
+    if key.isascii() and not any(ch in key for ch in "%.$\x00"):
+        return "k" + key
+    return "k" + "".join(_escape_key_char(ch) for ch in key)
 
 
 def decode_data_key(encoded: str) -> str:
-    """Inverse of :func:`encode_data_key`."""
-    body = encoded[1:]
-    for raw, esc in (("\x00", "%00"), ("$", "%24"), (".", "%2E"), ("%", "%25")):
-        body = body.replace(esc, raw)
-    return body
+    """Inverse of :func:`encode_data_key`.
+
+    :param str encoded: a field name made by :func:`encode_data_key`.
+    :return: the original key.
+    """
+
+    def unescape(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("u"):
+            return chr(int(code[1:], 16))
+        return chr(int(code, 16))
+
+    return _KEY_UNESCAPE.sub(unescape, encoded[1:])
 
 
 # ---------------------------------------------------------------------------
@@ -568,14 +601,35 @@ def workflow_run_from(doc: dict[str, Any]) -> WorkflowIdentity:
 _TAG = "__pynenc_mongo_type__"
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def encode_config_value(value: Any) -> Any:
     """Encode a config value into BSON-safe data that :func:`decode_config_value` inverts.
 
-    Sets (sorted by repr for a stable document), frozensets, tuples and bytes are
-    tagged; dict keys that are not legal BSON field names are kept via a list of
-    pairs; enums and other objects fall back to ``{tag: "repr", value: repr(x)}``.
+    Sets (sorted by repr for a stable document), frozensets, tuples, bytes,
+    integers beyond BSON's 64 bits, strings that are not valid UTF-8 (lone
+    surrogates), datetimes, dates and timedeltas are tagged; dicts are kept as a
+    list of pairs, so any key (``a.b``, ``$x``, ``1``) survives; enums keep their
+    value; any other object is stored as ``{tag: "repr", value: repr(x)}`` and
+    comes back as that string.
+
+    :param value: a config value (anything).
+    :return: BSON-encodable data.
     """
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value
+        return {_TAG: "int", "value": str(value)}
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return {_TAG: "str", "hex": value.encode("utf-8", "surrogatepass").hex()}
         return value
     if isinstance(value, list):
         return [encode_config_value(v) for v in value]
@@ -591,18 +645,32 @@ def encode_config_value(value: Any) -> Any:
             _TAG: "dict",
             "items": [[encode_config_value(k), encode_config_value(v)] for k, v in value.items()],
         }
-    enum_value = getattr(value, "value", None)
-    if enum_value is not None and type(value).__module__ != "builtins":
+    if isinstance(value, enum.Enum):
         return {
             _TAG: "enum",
             "name": type(value).__name__,
-            "value": encode_config_value(enum_value),
+            "value": encode_config_value(value.value),
         }
-    return {_TAG: "repr", "value": repr(value)}
+    if isinstance(value, datetime):
+        return {_TAG: "datetime", "iso": value.isoformat()}
+    if isinstance(value, date):
+        return {_TAG: "date", "iso": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {
+            _TAG: "timedelta",
+            "days": value.days,
+            "seconds": value.seconds,
+            "microseconds": value.microseconds,
+        }
+    return {_TAG: "repr", "value": encode_config_value(repr(value))}
 
 
 def decode_config_value(value: Any) -> Any:
-    """Inverse of :func:`encode_config_value` (enums come back as their value)."""
+    """Inverse of :func:`encode_config_value` (enums come back as their value).
+
+    :param value: data made by :func:`encode_config_value`.
+    :return: the config value.
+    """
     if isinstance(value, list):
         return [decode_config_value(v) for v in value]
     if not isinstance(value, dict):
@@ -615,12 +683,24 @@ def decode_config_value(value: Any) -> Any:
         return tuple(decode_config_value(v) for v in value["items"])
     if tag == "bytes":
         return bytes.fromhex(value["hex"])
+    if tag == "str":
+        return bytes.fromhex(value["hex"]).decode("utf-8", "surrogatepass")
+    if tag == "int":
+        return int(value["value"])
     if tag == "dict":
         return {decode_config_value(k): decode_config_value(v) for k, v in value["items"]}
     if tag == "enum":
         return decode_config_value(value["value"])
+    if tag == "datetime":
+        return datetime.fromisoformat(value["iso"])
+    if tag == "date":
+        return date.fromisoformat(value["iso"])
+    if tag == "timedelta":
+        return timedelta(
+            days=value["days"], seconds=value["seconds"], microseconds=value["microseconds"]
+        )
     if tag == "repr":
-        return value["value"]
+        return decode_config_value(value["value"])
     return {k: decode_config_value(v) for k, v in value.items()}
 
 

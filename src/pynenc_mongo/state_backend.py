@@ -28,25 +28,46 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import bson
+from bson import ObjectId
 from cachetools import LRUCache
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
 from pynenc.invocation.status import InvocationStatus
 from pynenc.state_backend.base_state_backend import BaseStateBackend, InvocationHistory
 
 from pynenc_mongo import aio, schema, values
 from pynenc_mongo.async_writes import HistoryWriter, make_history_writer
 from pynenc_mongo.client import get_database
-from pynenc_mongo.config import ConfigStateBackendMongo, describe, effective_database
-from pynenc_mongo.errors import translate, translate_errors, with_retry
+from pynenc_mongo.config import (
+    ConfigStateBackendMongo,
+    check_unknown_settings,
+    describe,
+    effective_database,
+)
+from pynenc_mongo.errors import (
+    MAX_DOCUMENT_BYTES,
+    MongoLimitError,
+    is_document_too_large,
+    is_transient,
+    translate,
+    translate_errors,
+    with_retry,
+)
 from pynenc_mongo.indexes import ensure_collection_indexes
-from pynenc_mongo.operations import insert_if_absent
+from pynenc_mongo.operations import (
+    find_all,
+    insert_if_absent,
+    iter_resumable,
+    upsert_retrying_duplicate,
+)
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
-from pynenc_mongo.urls import MongoUrlError, strip_password
+from pynenc_mongo.urls import SCHEMES, MongoUrlError, strip_password
 
 if TYPE_CHECKING:
     from pynenc.app import Pynenc
@@ -67,7 +88,20 @@ logger = logging.getLogger("pynenc_mongo")
 WORKFLOW_INLINE_MAX_BYTES = 64 * 1024
 #: Re-reads of a large value whose pieces were replaced while reading.
 STALE_READ_ATTEMPTS = 5
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential", re.IGNORECASE)
+#: Bytes of inline argument values one invocation document may hold; beyond it
+#: the largest arguments go to pieces, so the document stays far below 16 MiB.
+INVOCATION_ARGUMENTS_BUDGET_BYTES = 8 * 1024 * 1024
+#: Longest workflow-data key (bytes of its encoded field name): the key is a field
+#: name in the workflow's single document, which MongoDB caps at 16 MiB.
+MAX_DATA_KEY_BYTES = 8 * 1024 * 1024
+#: Longest text of a runner-context search sent to the server as a pattern;
+#: longer searches are narrowed on a slice and checked exactly here.
+MAX_SEARCH_PATTERN_CHARS = 1000
+#: Deepest runner-context parent chain followed (guards against loops).
+MAX_RUNNER_DEPTH = 64
+_SECRET_KEY = re.compile(
+    r"pass(word)?|passwd|pwd|secret|token|credential|api_?key|private_?key", re.IGNORECASE
+)
 
 DTOPair = tuple["InvocationDTO", "CallDTO"]
 
@@ -96,6 +130,8 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def __init__(self, app: Pynenc) -> None:
         super().__init__(app)
         conf = self.conf  # validates every setting now, with errors naming the setting
+        if not isinstance(app.app_id, str):
+            raise TypeError(f"app_id: expected a str, got {type(app.app_id).__name__}")
         self._app_id: str = app.app_id
         self._names = schema.CollectionNames(conf.mongo_collection_prefix)
         self._database_name = effective_database(conf)
@@ -106,11 +142,19 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         self._cache_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._writer: HistoryWriter | None = None
+        self._app_info_lock = threading.RLock()
+        self._pending_app_info: AppInfo | None = None
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ plumbing
     @cached_property
     def conf(self) -> ConfigStateBackendMongo:
-        """The resolved settings (cistell: config values, files, env vars)."""
+        """The resolved settings (cistell: config values, files, env vars).
+
+        :raises pynenc_mongo.config.MongoConfigError: for a bad value or a
+            misspelt ``mongo_*`` setting (see :func:`~pynenc_mongo.config.check_unknown_settings`).
+        """
+        check_unknown_settings(self.app.config_values)
         return ConfigStateBackendMongo(
             config_values=self.app.config_values,
             config_filepath=self.app.config_filepath,
@@ -124,7 +168,13 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         return f"<MongoStateBackend app_id={self._app_id!r} {self.describe_target()}>"
 
     def _collection(self, logical: str) -> Collection[dict[str, Any]]:
-        """The physical collection for ``logical``, with its indexes ensured."""
+        """The physical collection for ``logical``, with its indexes ensured.
+
+        Also stores the app info first if an earlier attempt failed (the server
+        was unreachable when pynenc created the backend): see :meth:`store_app_info`.
+        """
+        if self._pending_app_info is not None and not getattr(self._local, "storing", False):
+            self._store_pending_app_info()
         conf = self.conf
         db = get_database(
             conf.mongo_url, self._database_name, conf.mongo_server_selection_timeout_seconds
@@ -188,48 +238,93 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
     # ------------------------------------------------------------------ values
     def _prepare_value(
-        self, owner: str, text: str, limit: int | None = None
+        self, owner: str, text: str, limit: int | None = None, force_pieces: bool = False
     ) -> values.PreparedValue:
-        inline_max = self.conf.mongo_inline_value_max_bytes
-        prepared = values.prepare(
-            self._app_id, owner, text, min(inline_max, limit) if limit else inline_max
-        )
+        """Prepare ``text`` for storing and insert its pieces, if any (before any pointer)."""
+        prepared = self._prepare_only(owner, text, limit, force_pieces)
         if prepared.pieces:
-            insert_if_absent(self._collection(schema.VALUE_PIECES), prepared.pieces)
+            self._insert_pieces(prepared.pieces)
         return prepared
 
+    def _prepare_only(
+        self, owner: str, text: str, limit: int | None = None, force_pieces: bool = False
+    ) -> values.PreparedValue:
+        """Decide inline or pieces for ``text`` (nothing written)."""
+        inline_max = self.conf.mongo_inline_value_max_bytes
+        return values.prepare(
+            self._app_id,
+            owner,
+            text,
+            min(inline_max, limit) if limit else inline_max,
+            force_pieces=force_pieces,
+        )
+
+    def _insert_pieces(self, pieces: list[dict[str, Any]]) -> None:
+        """Insert ``value_pieces`` documents (idempotent: unique ``(value_id, n)``)."""
+        if pieces:
+            with_retry(insert_if_absent, self._collection(schema.VALUE_PIECES), pieces)
+
     def _delete_pieces(self, stored: Any) -> None:
-        value_id = values.reference_id(stored)
-        if value_id is not None:
+        """Delete the pieces of a stored reference (nothing for inline values)."""
+        self._delete_value_ids([values.reference_id(stored)])
+
+    def _delete_value_ids(self, value_ids: list[str | None]) -> None:
+        """Delete the pieces of these values (``None`` entries are skipped)."""
+        ids = sorted({v for v in value_ids if v is not None})
+        if ids:
             with_retry(
                 self._collection(schema.VALUE_PIECES).delete_many,
-                {F_APP: self._app_id, "value_id": value_id},
+                {F_APP: self._app_id, "value_id": {"$in": ids}},
             )
 
     def _load_value(self, stored: Any) -> str:
+        """The text of a stored value: inline, or assembled from its pieces.
+
+        :raises pynenc_mongo.values.StaleValueError: pieces missing (replaced meanwhile).
+        """
         if isinstance(stored, str):
             return stored
-        pieces = list(
-            self._collection(schema.VALUE_PIECES)
-            .find({F_APP: self._app_id, "value_id": stored["value_id"]})
-            .sort("n", 1)
+        pieces = find_all(
+            self._collection(schema.VALUE_PIECES),
+            {F_APP: self._app_id, "value_id": stored["value_id"]},
+            None,
+            [("n", 1)],
         )
         return values.assemble(stored, pieces)
+
+    @staticmethod
+    def _expired(doc: dict[str, Any] | None) -> bool:
+        """True if ``doc`` carries an ``expire_at`` in the past (the TTL monitor is
+        deleting it and its pieces, in no particular order)."""
+        expire_at = (doc or {}).get(schema.F_EXPIRE)
+        if not isinstance(expire_at, datetime):
+            return False
+        if expire_at.tzinfo is None:
+            expire_at = expire_at.replace(tzinfo=UTC)
+        return expire_at <= datetime.now(UTC)
 
     def _read_value(self, logical: str, filter_: dict[str, Any], path: str) -> tuple[bool, str]:
         """Read the value at ``path`` of the document matching ``filter_``.
 
         :return: ``(found, text)``; re-reads when large-value pieces were replaced
-            concurrently (see :mod:`pynenc_mongo.values`).
+            concurrently (see :mod:`pynenc_mongo.values`). A value whose document
+            has expired (retention) and whose pieces are already gone is not found.
+        :raises pynenc_mongo.values.StaleValueError: if pieces stay missing.
         """
         for attempt in range(STALE_READ_ATTEMPTS):
-            doc = with_retry(self._collection(logical).find_one, filter_, {path: 1, "_id": 0})
+            doc = with_retry(
+                self._collection(logical).find_one,
+                filter_,
+                {path: 1, schema.F_EXPIRE: 1, "_id": 0},
+            )
             stored = _at_path(doc, path)
             if stored is None:
                 return False, ""
             try:
                 return True, self._load_value(stored)
             except values.StaleValueError:
+                if self._expired(doc):
+                    return False, ""
                 if attempt == STALE_READ_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
@@ -243,9 +338,47 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         text: str,
         limit: int | None = None,
     ) -> None:
-        """Point ``path`` of the (upserted) document at ``text``; old pieces are deleted after."""
+        """Point ``path`` of the (upserted) document at ``text``.
+
+        New pieces are inserted before the pointer switches; the pieces of the
+        value it replaced are deleted after, so readers see the old or the new
+        value, never a mix. If the document has no room left for the value
+        inline (MongoDB's 16 MiB limit: workflow data grows with every key), the
+        value is stored as pieces instead.
+
+        :raises pynenc_mongo.errors.MongoLimitError: if even a reference does not fit.
+        """
         prepared = self._prepare_value(owner, text, limit)
-        before = with_retry(
+        try:
+            before = self._switch_pointer(logical, filter_, path, prepared)
+        except PyMongoError as exc:
+            if not is_document_too_large(exc):
+                if not is_transient(exc):  # surely not applied: the new pieces are unused
+                    self._delete_pieces(prepared.stored)
+                raise
+            if prepared.pieces:
+                self._delete_pieces(prepared.stored)
+                raise
+            logger.debug("document full at %s: storing the value as pieces", path[:80])
+            prepared = self._prepare_value(owner, text, limit, force_pieces=True)
+            try:
+                before = self._switch_pointer(logical, filter_, path, prepared)
+            except PyMongoError:
+                self._delete_pieces(prepared.stored)
+                raise
+        old = _at_path(before, path)
+        if values.reference_id(old) not in (None, values.reference_id(prepared.stored)):
+            self._delete_pieces(old)
+
+    def _switch_pointer(
+        self,
+        logical: str,
+        filter_: dict[str, Any],
+        path: str,
+        prepared: values.PreparedValue,
+    ) -> dict[str, Any] | None:
+        """``$set`` ``path`` to the prepared value (upsert); return the document before."""
+        before: dict[str, Any] | None = upsert_retrying_duplicate(
             self._collection(logical).find_one_and_update,
             filter_,
             {"$set": {path: prepared.stored}},
@@ -253,9 +386,25 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             upsert=True,
             return_document=ReturnDocument.BEFORE,
         )
-        old = _at_path(before, path)
-        if values.reference_id(old) not in (None, values.reference_id(prepared.stored)):
-            self._delete_pieces(old)
+        return before
+
+    def _check_size(self, doc: dict[str, Any], what: str) -> None:
+        """Refuse ``doc`` clearly when it passes MongoDB's 16 MiB document limit.
+
+        :raises pynenc_mongo.errors.MongoLimitError: naming ``what`` and the limit.
+        """
+        try:
+            size = len(bson.encode(doc))
+        except UnicodeEncodeError as exc:
+            raise MongoLimitError(
+                f"{what} holds text that is not valid UTF-8 ({exc.reason}: "
+                f"{exc.object[exc.start : exc.end]!r}); MongoDB stores only UTF-8 strings"
+            ) from None
+        if size > MAX_DOCUMENT_BYTES:
+            raise MongoLimitError(
+                f"{what} needs a document of {size} bytes, more than MongoDB's limit of "
+                f"{MAX_DOCUMENT_BYTES} bytes (16 MiB); shorten the identifiers or names in it"
+            )
 
     # ------------------------------------------------------------------ invocations
     @translate_errors
@@ -263,25 +412,107 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """Store invocation/call DTO pairs: one ``insert_many`` for the whole batch.
 
         Pairs whose invocation id this process already stored are skipped (the
-        DTOs are immutable); others are inserted unless present (idempotent).
+        DTOs are immutable); others are inserted unless present (idempotent: the
+        document stored first wins, and the losing writer deletes the large-value
+        pieces it had written for its copy). Argument values go inline up to
+        ``mongo_inline_value_max_bytes`` each and
+        :data:`INVOCATION_ARGUMENTS_BUDGET_BYTES` together; the largest ones
+        beyond that are stored as pieces.
+
+        :raises pynenc_mongo.errors.MongoLimitError: if an invocation document
+            would still pass 16 MiB (huge ids, task or argument names).
         """
         fresh: dict[str, DTOPair] = {}
         with self._cache_lock:
             for inv_dto, call_dto in entries:
                 inv_id = inv_dto.invocation_id
+                _check_str("invocation_id", inv_id)
                 if inv_id not in self._dto_cache and inv_id not in fresh:
                     fresh[inv_id] = (inv_dto, call_dto)
         if not fresh:
             return
-        docs = []
+        docs: list[dict[str, Any]] = []
+        doc_value_ids: list[list[str]] = []
+        pieces: list[dict[str, Any]] = []
         for key, (inv_dto, call_dto) in fresh.items():
-            arguments = [
-                {"name": name, "value": self._prepare_value(key, text).stored}
-                for name, text in call_dto.serialized_arguments.items()
-            ]
-            docs.append(schema.invocation_doc(self._app_id, inv_dto, call_dto, arguments))
-        with_retry(insert_if_absent, self._collection(schema.INVOCATIONS), docs)
+            arguments = self._prepare_arguments(key, call_dto.serialized_arguments)
+            doc = schema.invocation_doc(
+                self._app_id,
+                inv_dto,
+                call_dto,
+                [{"name": name, "value": prep.stored} for name, prep in arguments],
+            )
+            doc["_id"] = ObjectId()  # client-made: tells our own retried insert from a rival's
+            self._check_size(doc, f"invocation {key[:80]!r}")
+            docs.append(doc)
+            ids = [values.reference_id(prep.stored) for _, prep in arguments]
+            doc_value_ids.append([i for i in ids if i is not None])
+            pieces.extend(p for _, prep in arguments for p in prep.pieces)
+        self._insert_pieces(pieces)
+        collection = self._collection(schema.INVOCATIONS)
+        try:
+            duplicates = with_retry(insert_if_absent, collection, docs)
+        except PyMongoError as exc:
+            if not is_transient(exc):  # nothing was stored: the pieces are unused
+                self._delete_value_ids([i for ids in doc_value_ids for i in ids])
+            raise
+        with_pieces = [i for i in duplicates if doc_value_ids[i]]  # others have nothing to drop
+        if with_pieces:
+            self._drop_losing_pieces(
+                collection, [docs[i] for i in with_pieces], [doc_value_ids[i] for i in with_pieces]
+            )
         self._remember(fresh)
+
+    def _prepare_arguments(
+        self, owner: str, serialized: dict[str, str]
+    ) -> list[tuple[str, values.PreparedValue]]:
+        """Prepare an invocation's arguments within the per-document budget.
+
+        :return: ``[(name, PreparedValue)]`` in argument order; nothing written yet.
+        """
+        prepared = [(name, self._prepare_only(owner, text)) for name, text in serialized.items()]
+        inline = sorted(
+            (
+                (values.stored_size(prep.stored), pos)
+                for pos, (_, prep) in enumerate(prepared)
+                if not prep.pieces
+            ),
+            reverse=True,
+        )
+        total = sum(size for size, _ in inline)
+        for size, pos in inline:
+            if total <= INVOCATION_ARGUMENTS_BUDGET_BYTES:
+                break
+            name, _ = prepared[pos]
+            prepared[pos] = (name, self._prepare_only(owner, serialized[name], force_pieces=True))
+            total -= size
+        return prepared
+
+    def _drop_losing_pieces(
+        self,
+        collection: Collection[dict[str, Any]],
+        docs: list[dict[str, Any]],
+        value_ids: list[list[str]],
+    ) -> None:
+        """Delete the pieces written for invocation documents that lost an insert race.
+
+        A duplicate is ours when the stored document has our client-made ``_id``
+        (an earlier attempt of the same insert got through); otherwise another
+        writer's copy is stored and ours, with its pieces, is dropped.
+        """
+        stored = find_all(
+            collection,
+            {F_APP: self._app_id, F_INV: {"$in": [doc[F_INV] for doc in docs]}},
+            {F_INV: 1, "_id": 1},
+        )
+        winner = {doc[F_INV]: doc["_id"] for doc in stored}
+        losing = [
+            value_id
+            for doc, ids in zip(docs, value_ids, strict=True)
+            if winner.get(doc[F_INV]) != doc["_id"]
+            for value_id in ids
+        ]
+        self._delete_value_ids(list(losing))
 
     def _remember(self, pairs: dict[str, DTOPair]) -> None:
         if self._cache_enabled:
@@ -303,7 +534,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
     @translate_errors
     def _get_invocation(self, invocation_id: InvocationId) -> tuple[InvocationDTO, CallDTO] | None:
-        """The DTO pair of ``invocation_id`` (from this process's cache when known), or None."""
+        """The DTO pair of ``invocation_id`` (from this process's cache when known), or None.
+
+        None too for an invocation whose retention has expired and whose pieces
+        are already deleted. :raises TypeError: if ``invocation_id`` is not a str.
+        """
+        _check_str("invocation_id", invocation_id)
         with self._cache_lock:
             cached = self._dto_cache.get(invocation_id)
         if cached is not None:
@@ -312,13 +548,15 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             doc = with_retry(
                 self._collection(schema.INVOCATIONS).find_one,
                 {F_APP: self._app_id, F_INV: invocation_id},
-                {"_id": 0, "invocation": 1, "call": 1},
+                {"_id": 0, "invocation": 1, "call": 1, schema.F_EXPIRE: 1},
             )
             if doc is None:
                 return None
             try:
                 pair = self._pair_from_doc(doc)
             except values.StaleValueError:
+                if self._expired(doc):
+                    return None
                 if attempt == STALE_READ_ATTEMPTS - 1:
                     raise
                 continue
@@ -327,10 +565,14 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         return None  # pragma: no cover
 
     def _ids_where(self, field: str, value: Any) -> Iterator[InvocationId]:
-        cursor = self._collection(schema.INVOCATIONS).find(
-            {F_APP: self._app_id, field: value}, {"_id": 0, F_INV: 1}
+        """Invocation ids whose ``field`` equals ``value`` (a str, never an operator)."""
+        _check_str(field.rsplit(".", 1)[-1], value)
+        docs = find_all(
+            self._collection(schema.INVOCATIONS),
+            {F_APP: self._app_id, field: value},
+            {"_id": 0, F_INV: 1},
         )
-        return iter([doc[F_INV] for doc in with_retry(list, cursor)])
+        return iter([doc[F_INV] for doc in docs])
 
     @translate_errors
     def get_child_invocations(self, parent_invocation_id: InvocationId) -> Iterator[InvocationId]:
@@ -352,11 +594,11 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """
         filter_: dict[str, Any] = {F_APP: self._app_id}
         if workflow_id:
-            filter_[schema.F_WF_ID] = workflow_id
+            filter_[schema.F_WF_ID] = _check_str("workflow_id", workflow_id)
         if workflow_type_key:
-            filter_[schema.F_WF_TYPE] = workflow_type_key
-        cursor = self._collection(schema.INVOCATIONS).find(filter_, {"_id": 0, F_INV: 1})
-        return iter([doc[F_INV] for doc in with_retry(list, cursor)])
+            filter_[schema.F_WF_TYPE] = _check_str("workflow_type_key", workflow_type_key)
+        docs = find_all(self._collection(schema.INVOCATIONS), filter_, {"_id": 0, F_INV: 1})
+        return iter([doc[F_INV] for doc in docs])
 
     # ------------------------------------------------------------------ history
     def add_history(
@@ -418,6 +660,8 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def _write_history_docs(self, docs: list[dict[str, Any]]) -> None:
         if not docs:
             return
+        for doc in docs:  # ids become query values: a dict would act as an operator
+            _check_str("invocation_id", doc[F_INV])
         retention_days = self.conf.mongo_retention_days
         if retention_days > 0:
             for doc in docs:
@@ -447,6 +691,10 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         Setting TTL"). Covers the invocation, its history, result, exception,
         large-value pieces and, when it is a workflow, the workflow's documents.
         """
+        _check_str("invocation_id", invocation_id)
+        # History records of this invocation still queued in this process must
+        # be stored first, or they would miss the update below and never expire.
+        self.wait_for_invocation_async_operations(invocation_id)
         update = {"$set": {schema.F_EXPIRE: expire_at}}
         app = self._app_id
         targets: list[tuple[str, dict[str, Any]]] = [
@@ -469,13 +717,15 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         Waits first for this process's pending writes for that invocation.
         """
+        _check_str("invocation_id", invocation_id)
         self.wait_for_invocation_async_operations(invocation_id)
-        cursor = (
-            self._collection(schema.HISTORY)
-            .find({F_APP: self._app_id, F_INV: invocation_id})
-            .sort([(F_TS_US, 1), ("_id", 1)])
+        docs = find_all(
+            self._collection(schema.HISTORY),
+            {F_APP: self._app_id, F_INV: invocation_id},
+            None,
+            [(F_TS_US, 1), ("_id", 1)],
         )
-        return [schema.history_from(doc) for doc in with_retry(list, cursor)]
+        return [schema.history_from(doc) for doc in docs]
 
     def wait_for_invocation_async_operations(self, invocation_id: str) -> None:
         """Block until this process's history writes for ``invocation_id`` issued so
@@ -508,14 +758,16 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         self, start_time: datetime, end_time: datetime, batch_size: int = 100
     ) -> Iterator[list[InvocationHistory]]:
         """History entries with ``start_time <= timestamp <= end_time``, in time order,
-        in lists of at most ``batch_size`` (one server cursor, no skip/limit paging).
+        in lists of at most ``batch_size`` (one server cursor, no skip/limit paging;
+        after a lost connection it is re-opened after the last entry read).
         """
         self.wait_for_all_async_operations()
-        cursor = (
-            self._collection(schema.HISTORY)
-            .find(self._time_filter(start_time, end_time))
-            .sort([(F_TS_US, 1), ("_id", 1)])
-            .batch_size(max(batch_size, 1))
+        cursor = iter_resumable(
+            self._collection(schema.HISTORY),
+            self._time_filter(start_time, end_time),
+            None,
+            (F_TS_US, "_id"),
+            batch_size,
         )
         batch: list[InvocationHistory] = []
         for doc in cursor:
@@ -534,11 +786,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         first entry there, in lists of at most ``batch_size``.
         """
         self.wait_for_all_async_operations()
-        cursor = (
-            self._collection(schema.HISTORY)
-            .find(self._time_filter(start_time, end_time), {"_id": 1, F_INV: 1, F_TS_US: 1})
-            .sort([(F_TS_US, 1), ("_id", 1)])
-            .batch_size(max(batch_size, 1) * 4)
+        cursor = iter_resumable(
+            self._collection(schema.HISTORY),
+            self._time_filter(start_time, end_time),
+            {"_id": 1, F_INV: 1, F_TS_US: 1},
+            (F_TS_US, "_id"),
+            max(batch_size, 1) * 4,
         )
         seen: set[str] = set()
         batch: list[InvocationId] = []
@@ -558,6 +811,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def _set_result(self, invocation_id: InvocationId, serialized_result: str) -> None:
         """Store (or replace) the serialized result of ``invocation_id``."""
+        _check_str("invocation_id", invocation_id)
         self._write_value(
             schema.RESULTS,
             {F_APP: self._app_id, F_INV: invocation_id},
@@ -569,6 +823,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def _get_result(self, invocation_id: InvocationId) -> str:
         """The serialized result. :raises KeyError: if none is stored (pynenc's contract)."""
+        _check_str("invocation_id", invocation_id)
         found, text = self._read_value(
             schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
         )
@@ -579,6 +834,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def _set_exception(self, invocation_id: InvocationId, serialized_exception: str) -> None:
         """Store (or replace) the serialized exception of ``invocation_id``."""
+        _check_str("invocation_id", invocation_id)
         self._write_value(
             schema.EXCEPTIONS,
             {F_APP: self._app_id, F_INV: invocation_id},
@@ -590,6 +846,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def _get_exception(self, invocation_id: InvocationId) -> str:
         """The serialized exception. :raises KeyError: if none is stored."""
+        _check_str("invocation_id", invocation_id)
         found, text = self._read_value(
             schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
         )
@@ -604,10 +861,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         the app's client data store), one ``$set`` upsert on the workflow's document.
 
         :raises TypeError: if ``key`` is not a string.
+        :raises pynenc_mongo.errors.MongoLimitError: if the key is longer than
+            :data:`MAX_DATA_KEY_BYTES`.
         """
-        field = "data." + schema.encode_data_key(key)
+        field = self._data_field(key)
         serialized = self.app.client_data_store.serialize(value)
-        workflow_id = workflow_identity.workflow_id
+        workflow_id = _check_str("workflow_id", workflow_identity.workflow_id)
         self._write_value(
             schema.WORKFLOW_DATA,
             {F_APP: self._app_id, "workflow_id": workflow_id},
@@ -625,21 +884,46 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises TypeError: if ``key`` is not a string.
         """
-        field = "data." + schema.encode_data_key(key)
+        field = self._data_field(key)
         found, text = self._read_value(
             schema.WORKFLOW_DATA,
-            {F_APP: self._app_id, "workflow_id": workflow_identity.workflow_id},
+            {
+                F_APP: self._app_id,
+                "workflow_id": _check_str("workflow_id", workflow_identity.workflow_id),
+            },
             field,
         )
         if not found:
             return default
         return self.app.client_data_store.deserialize(text)
 
+    @staticmethod
+    def _data_field(key: str) -> str:
+        """The field path of workflow-data ``key`` (see :func:`schema.encode_data_key`).
+
+        :raises TypeError: if ``key`` is not a str.
+        :raises pynenc_mongo.errors.MongoLimitError: if longer than :data:`MAX_DATA_KEY_BYTES`.
+        """
+        encoded = schema.encode_data_key(key)
+        size = len(encoded.encode("utf-8"))
+        if size > MAX_DATA_KEY_BYTES:
+            raise MongoLimitError(
+                f"workflow data key of {size} bytes is longer than the limit of "
+                f"{MAX_DATA_KEY_BYTES} bytes: keys are field names in the workflow's one "
+                f"document, which MongoDB caps at {MAX_DOCUMENT_BYTES} bytes (16 MiB)"
+            )
+        return "data." + encoded
+
     @translate_errors
     def store_workflow_run(self, workflow_identity: WorkflowIdentity) -> None:
-        """Record a workflow run (idempotent upsert)."""
+        """Record a workflow run (idempotent upsert).
+
+        :raises pynenc_mongo.errors.MongoLimitError: if the run's document would pass 16 MiB.
+        """
         doc = schema.workflow_run_doc(self._app_id, workflow_identity)
-        with_retry(
+        _check_str("workflow_id", workflow_identity.workflow_id)
+        self._check_size(doc, f"workflow run {workflow_identity.workflow_id[:80]!r}")
+        upsert_retrying_duplicate(
             self._collection(schema.WORKFLOW_RUNS).update_one,
             {F_APP: self._app_id, "workflow_id": workflow_identity.workflow_id},
             {"$set": doc},
@@ -651,7 +935,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """Distinct workflow types (task ids) that have runs."""
         from pynenc.identifiers.task_id import TaskId
 
-        keys = with_retry(
+        keys: list[str] = with_retry(
             self._collection(schema.WORKFLOW_RUNS).distinct,
             "workflow_type.key",
             {F_APP: self._app_id},
@@ -659,11 +943,16 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         return iter([TaskId.from_key(key) for key in sorted(keys)])
 
     def _workflow_runs(self, filter_: dict[str, Any]) -> Iterator[WorkflowIdentity]:
-        # Newest first, to the second (``_id`` is the ObjectId made when the run was first
-        # stored): pynenc's monitor shows the first run as a type's "latest run" and
-        # charts the first three.
-        cursor = self._collection(schema.WORKFLOW_RUNS).find(filter_, {"_id": 0}).sort("_id", -1)
-        return iter([schema.workflow_run_from(doc) for doc in with_retry(list, cursor)])
+        """Workflow runs matching ``filter_``, newest first.
+
+        Newest first, to the second (``_id`` is the ObjectId made when the run was first
+        stored): pynenc's monitor shows the first run as a type's "latest run" and
+        charts the first three.
+        """
+        docs = find_all(
+            self._collection(schema.WORKFLOW_RUNS), filter_, {"_id": 0}, sort=[("_id", -1)]
+        )
+        return iter([schema.workflow_run_from(doc) for doc in docs])
 
     @translate_errors
     def get_all_workflow_runs(self) -> Iterator[WorkflowIdentity]:
@@ -673,7 +962,8 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def get_workflow_runs(self, workflow_type: TaskId) -> Iterator[WorkflowIdentity]:
         """Workflow runs of one workflow type, newest first."""
-        return self._workflow_runs({F_APP: self._app_id, "workflow_type.key": workflow_type.key})
+        key = _check_str("workflow_type.key", workflow_type.key)
+        return self._workflow_runs({F_APP: self._app_id, "workflow_type.key": key})
 
     @translate_errors
     def store_workflow_sub_invocation(
@@ -682,10 +972,11 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """Record that ``sub_invocation_id`` runs inside ``parent_workflow_id`` (idempotent)."""
         key = {
             F_APP: self._app_id,
-            "workflow_id": parent_workflow_id,
-            "sub_invocation_id": sub_invocation_id,
+            "workflow_id": _check_str("parent_workflow_id", parent_workflow_id),
+            "sub_invocation_id": _check_str("sub_invocation_id", sub_invocation_id),
         }
-        with_retry(
+        self._check_size(key, f"workflow sub-invocation {sub_invocation_id[:80]!r}")
+        upsert_retrying_duplicate(
             self._collection(schema.WORKFLOW_SUB_INVOCATIONS).update_one,
             key,
             {"$setOnInsert": key},
@@ -695,37 +986,55 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     @translate_errors
     def get_workflow_sub_invocations(self, workflow_id: InvocationId) -> Iterator[InvocationId]:
         """Ids of the invocations that run inside ``workflow_id``."""
-        cursor = self._collection(schema.WORKFLOW_SUB_INVOCATIONS).find(
-            {F_APP: self._app_id, "workflow_id": workflow_id}, {"_id": 0, "sub_invocation_id": 1}
+        docs = find_all(
+            self._collection(schema.WORKFLOW_SUB_INVOCATIONS),
+            {F_APP: self._app_id, "workflow_id": _check_str("workflow_id", workflow_id)},
+            {"_id": 0, "sub_invocation_id": 1},
         )
-        return iter([doc["sub_invocation_id"] for doc in with_retry(list, cursor)])
+        return iter([doc["sub_invocation_id"] for doc in docs])
 
     # ------------------------------------------------------------------ app info
     def _safe_config_values(self, config_values: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Config values without secrets: Mongo URLs lose their password, values of
-        keys that look secret (password, secret, token, credential) are dropped."""
+        """Config values without secrets (see :func:`_without_secrets`)."""
         if config_values is None:
             return None
-        safe: dict[str, Any] = {}
-        for key, value in config_values.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and "url" not in key.lower():
-                continue
-            if isinstance(value, str) and value.startswith(("mongodb://", "mongodb+srv://")):
-                value = strip_password(value)
-            safe[key] = value
+        safe = _without_secrets(config_values)
+        assert isinstance(safe, dict)
         return safe
 
     @translate_errors
     def store_app_info(self, app_info: AppInfo) -> None:
         """Store the app's info for discovery, with secrets removed (see
-        :meth:`_safe_config_values`); sets, tuples and bytes in config values round-trip."""
+        :meth:`_safe_config_values`); sets, tuples and bytes in config values round-trip.
+
+        pynenc calls this when it creates the backend. If the server cannot be
+        reached then, the error is raised (naming the host) and the info is kept
+        to be stored by the next operation that reaches the server, so an app
+        that retries later is discoverable without restarting.
+
+        :raises pynenc_mongo.errors.MongoUnavailableError: server unreachable.
+        """
         doc = schema.app_info_doc(app_info, self._safe_config_values(app_info.config_values))
-        with_retry(
-            self._collection(schema.APP_INFOS).replace_one,
-            {F_APP: app_info.app_id},
-            doc,
-            upsert=True,
-        )
+        self._check_size(doc, f"app info of {app_info.app_id[:80]!r}")
+        with self._app_info_lock:
+            self._pending_app_info = app_info
+            self._local.storing = True
+            try:
+                upsert_retrying_duplicate(
+                    self._collection(schema.APP_INFOS).replace_one,
+                    {F_APP: app_info.app_id},
+                    doc,
+                    upsert=True,
+                )
+            finally:
+                self._local.storing = False
+            self._pending_app_info = None
+
+    def _store_pending_app_info(self) -> None:
+        """Store the app info whose first store failed (see :meth:`store_app_info`)."""
+        pending = self._pending_app_info
+        if pending is not None:
+            self.store_app_info(pending)
 
     @translate_errors
     def get_app_info(self) -> AppInfo:
@@ -755,31 +1064,60 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     # ------------------------------------------------------------------ runner contexts
     @translate_errors
     def _store_runner_context(self, runner_context: RunnerContext) -> None:
-        """Store a runner context (its parent is stored by the base class, by id)."""
+        """Store a runner context (its parent is stored by the base class, by id).
+
+        :raises pynenc_mongo.errors.MongoLimitError: if its document would pass 16 MiB.
+        """
+        runner_id = _check_str("runner_id", runner_context.runner_id)
         doc = schema.runner_context_doc(self._app_id, runner_context)
-        with_retry(
+        self._check_size(doc, f"runner context {runner_id[:80]!r}")
+        upsert_retrying_duplicate(
             self._collection(schema.RUNNER_CONTEXTS).update_one,
-            {F_APP: self._app_id, "runner_id": runner_context.runner_id},
+            {F_APP: self._app_id, "runner_id": runner_id},
             {"$set": doc},
             upsert=True,
         )
 
-    def _context_from(self, doc: dict[str, Any]) -> RunnerContext:
+    def _context_from(
+        self, doc: dict[str, Any], seen: frozenset[str] = frozenset()
+    ) -> RunnerContext:
+        """Build a ``RunnerContext`` with its chain of parents.
+
+        A parent that is not stored, or a chain that loops back or is deeper
+        than :data:`MAX_RUNNER_DEPTH`, ends the chain (logged as a warning).
+        """
         from pynenc.runner.runner_context import RunnerContext
 
         parent = None
         parent_id = doc.get("parent_runner_id")
+        runner_id = doc["runner_id"]
         if parent_id:
-            parent = self.get_runner_context(parent_id)
-            if parent is None:
+            chain = seen | {runner_id}
+            if parent_id in chain or len(chain) >= MAX_RUNNER_DEPTH:
                 logger.warning(
-                    "runner context %s names parent %s, which is not stored",
-                    doc["runner_id"],
-                    parent_id,
+                    "runner context %s: parent chain loops or is too deep at %s; cut there",
+                    str(runner_id)[:200],
+                    str(parent_id)[:200],
                 )
+            else:
+                parent = self._runner_context_cache.get(parent_id)
+                if parent is None:
+                    parent_doc = with_retry(
+                        self._collection(schema.RUNNER_CONTEXTS).find_one,
+                        {F_APP: self._app_id, "runner_id": parent_id},
+                        {"_id": 0},
+                    )
+                    if parent_doc is None:
+                        logger.warning(
+                            "runner context %s names parent %s, which is not stored",
+                            str(runner_id)[:200],
+                            str(parent_id)[:200],
+                        )
+                    else:
+                        parent = self._context_from(parent_doc, chain)
         return RunnerContext(
             runner_cls=doc["runner_cls"],
-            runner_id=doc["runner_id"],
+            runner_id=runner_id,
             parent_ctx=parent,
             pid=doc["pid"],
             hostname=doc["hostname"],
@@ -791,7 +1129,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """The stored runner context, or None."""
         doc = with_retry(
             self._collection(schema.RUNNER_CONTEXTS).find_one,
-            {F_APP: self._app_id, "runner_id": runner_id},
+            {F_APP: self._app_id, "runner_id": _check_str("runner_id", runner_id)},
             {"_id": 0},
         )
         return self._context_from(doc) if doc else None
@@ -801,27 +1139,42 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """The stored runner contexts among ``runner_ids`` (missing ones are skipped)."""
         if not runner_ids:
             return []
-        cursor = self._collection(schema.RUNNER_CONTEXTS).find(
-            {F_APP: self._app_id, "runner_id": {"$in": list(runner_ids)}}, {"_id": 0}
+        ids = [_check_str("runner_id", runner_id) for runner_id in runner_ids]
+        docs = find_all(
+            self._collection(schema.RUNNER_CONTEXTS),
+            {F_APP: self._app_id, "runner_id": {"$in": ids}},
+            {"_id": 0},
         )
-        return [self._context_from(doc) for doc in with_retry(list, cursor)]
+        return [self._context_from(doc) for doc in docs]
 
     @translate_errors
     def get_matching_runner_contexts(self, partial_id: str) -> Iterator[RunnerContext]:
         """Runner contexts whose runner id contains ``partial_id`` literally.
 
-        The text is escaped (``re.escape``) before it becomes a ``$regex``, so
-        ``.``, ``(``, ``*`` and ``\\`` match themselves and no pattern can make
-        the server backtrack.
+        A literal substring match: ``.``, ``(``, ``*``, ``\\`` and every other
+        character match themselves. The server gets an escaped (``re.escape``)
+        pattern, which has no quantifier or group to backtrack on; since MongoDB
+        refuses patterns with NUL and very long ones, it gets at most
+        :data:`MAX_SEARCH_PATTERN_CHARS` characters of the longest NUL-free part,
+        and every candidate is then checked exactly here.
 
+        :param str partial_id: any string (``""`` matches every runner).
+        :return: the matching contexts.
         :raises TypeError: if ``partial_id`` is not a string.
         """
-        if not isinstance(partial_id, str):
-            raise TypeError(f"partial_id: expected a str, got {type(partial_id).__name__}")
-        cursor = self._collection(schema.RUNNER_CONTEXTS).find(
-            {F_APP: self._app_id, "runner_id": {"$regex": re.escape(partial_id)}}, {"_id": 0}
+        _check_str("partial_id", partial_id)
+        probe = max(partial_id.split("\x00"), key=len)[:MAX_SEARCH_PATTERN_CHARS]
+        filter_: dict[str, Any] = {F_APP: self._app_id}
+        if probe and values.is_bson_string(probe):
+            filter_["runner_id"] = {"$regex": re.escape(probe)}
+        docs = find_all(self._collection(schema.RUNNER_CONTEXTS), filter_, {"_id": 0})
+        return iter(
+            [
+                self._context_from(doc)
+                for doc in docs
+                if isinstance(doc.get("runner_id"), str) and partial_id in doc["runner_id"]
+            ]
         )
-        return iter([self._context_from(doc) for doc in with_retry(list, cursor)])
 
     # ------------------------------------------------------------------ async API
     # Awaitable counterparts of the reads an async task needs. The queries run on
@@ -876,13 +1229,17 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     ) -> tuple[bool, str]:
         """Awaitable :meth:`_read_value`."""
         for attempt in range(STALE_READ_ATTEMPTS):
-            doc = await self._aquery(logical, filter_, {path: 1, "_id": 0}, one=True)
+            doc = await self._aquery(
+                logical, filter_, {path: 1, schema.F_EXPIRE: 1, "_id": 0}, one=True
+            )
             stored = _at_path(doc, path)
             if stored is None:
                 return False, ""
             try:
                 return True, await self._aload_value(stored)
             except values.StaleValueError:
+                if self._expired(doc):
+                    return False, ""
                 if attempt == STALE_READ_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
@@ -892,6 +1249,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises KeyError: if no result is stored.
         """
+        _check_str("invocation_id", invocation_id)
         found, text = await self._aread_value(
             schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
         )
@@ -904,6 +1262,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises KeyError: if no exception is stored.
         """
+        _check_str("invocation_id", invocation_id)
         found, text = await self._aread_value(
             schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
         )
@@ -917,6 +1276,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         Waits first, without blocking the caller's loop, for this process's
         pending writes of that invocation.
         """
+        _check_str("invocation_id", invocation_id)
         writer = self._writer
         if writer is not None and writer.pending(invocation_id):
             await asyncio.to_thread(writer.wait, invocation_id)
@@ -932,6 +1292,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises pynenc.exceptions.InvocationNotFoundError: if it is not stored.
         """
+        _check_str("invocation_id", invocation_id)
         from pynenc.call import LazyCall
         from pynenc.exceptions import InvocationNotFoundError
         from pynenc.invocation.dist_invocation import DistributedInvocation
@@ -979,6 +1340,52 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         if not found:
             return default
         return self.app.client_data_store.deserialize(text)
+
+
+def _check_str(name: str, value: Any) -> str:
+    """Return ``value`` if it is a ``str``; refuse anything else.
+
+    Identifiers go into query filters as values: a dict such as ``{"$ne": None}``
+    would be read by MongoDB as an operator and match other documents.
+
+    :raises TypeError: naming ``name`` and the type received.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, got {type(value).__name__}")
+    return value
+
+
+_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*@|^[^/?#\s]*:[^/?#\s]*@")
+
+
+def _without_secrets(value: Any, key: Any = None) -> Any:
+    """A copy of a config value with secrets removed, recursively.
+
+    * values under keys that look secret (password, secret, token, credential,
+      api key, private key) are dropped, unless the key names a URL;
+    * strings that are URLs with user info (any scheme: ``mongodb://``,
+      ``mongomock://``, ``redis://``...) lose their password and secret options
+      (:func:`~pynenc_mongo.urls.strip_password`, or ``***`` for other schemes);
+    * dicts, lists, tuples and sets are walked.
+    """
+    if isinstance(value, str):
+        if _URL_USERINFO.search(value) or value.startswith(SCHEMES):
+            return strip_password(value)
+        return value
+    if isinstance(value, dict):
+        safe: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, str) and _SECRET_KEY.search(k) and "url" not in k.lower():
+                continue
+            safe[k] = _without_secrets(v, k)
+        return safe
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_without_secrets(v) for v in value)
+    if isinstance(value, set | frozenset):
+        return type(value)(_without_secrets(v) for v in value)
+    return value
 
 
 __all__ = ["MongoStateBackend", "MongoUrlError"]

@@ -31,6 +31,8 @@ SECRET_OPTIONS = frozenset(
     }
 )
 REDACTED = "***"
+#: MongoDB's limit on database names (MongoDB manual, "Naming Restrictions").
+MAX_DATABASE_NAME_BYTES = 63
 _BAD_DB_CHARS = re.compile(r"[/\\. \"$\x00]")
 
 
@@ -59,10 +61,15 @@ class ParsedUrl:
         return self.scheme == MOCK_SCHEME
 
 
-def _split(url: str) -> tuple[str, str, str, str]:
+def _split(url: str, lenient: bool = False) -> tuple[str, str, str, str]:
     """Split ``url`` into (scheme, userinfo, hosts, rest-after-hosts); never raises.
 
-    ``scheme`` is ``""`` when the URL has none of :data:`SCHEMES`.
+    ``scheme`` is ``""`` when the URL has none of :data:`SCHEMES`. The strict
+    split is PyMongo's (the host part ends at the first ``/`` or ``?``). A
+    password holding an unescaped ``/`` or ``?`` (which PyMongo refuses) would
+    then end the host part early and be shown as hosts or path; so with
+    ``lenient`` (used for redaction), when the host part has no ``@`` but the
+    text after it does, everything up to the last ``@`` counts as user info.
     """
     scheme = next((s for s in SCHEMES if url.startswith(s)), "")
     body = url[len(scheme) :]
@@ -72,6 +79,16 @@ def _split(url: str) -> tuple[str, str, str, str]:
         if pos != -1:
             end = min(end, pos)
     netloc, rest = body[:end], body[end:]
+    if lenient and "@" not in netloc and "@" in rest:
+        # Unescaped '/' or '?' inside the password: the last '@' ends the user info.
+        at = body.rfind("@")
+        after = body[at + 1 :]
+        cut = len(after)
+        for sep in ("/", "?"):
+            pos = after.find(sep)
+            if pos != -1:
+                cut = min(cut, pos)
+        return scheme, body[:at], after[:cut], after[cut:]
     userinfo, _, hosts = netloc.rpartition("@")
     return scheme, userinfo, hosts, rest
 
@@ -92,6 +109,24 @@ def _filter_query(rest: str, keep_secret_as: str | None) -> str:
     return path + ("?" + "&".join(parts) if parts else "")
 
 
+def _redact_foreign(url: str) -> str:
+    """Redact a string that is not a URL of :data:`SCHEMES` (never raises).
+
+    ``http://user:pw@host`` keeps its user; anything else holding an ``@``
+    (``user:pw@host``, ``MONGODB://u:p@h``) loses everything before the last
+    ``@``: when in doubt, hide more.
+    """
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)?(.*)$", url, re.DOTALL)
+    prefix, body = (match.group(1) or "", match.group(2)) if match else ("", url)
+    if "@" not in body:
+        return url
+    userinfo, _, after = body.rpartition("@")
+    user = userinfo.split(":", 1)[0] if prefix and ":" in userinfo else ""
+    if user and not re.search(r"[/?#]", user):
+        return f"{prefix}{user}:{REDACTED}@{after}"
+    return f"{prefix}{REDACTED}@{after}"
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with its password and secret options replaced by ``***``.
 
@@ -102,10 +137,9 @@ def redact_url(url: str) -> str:
     :param str url: any string, ideally a MongoDB connection string.
     :return: the same string with secrets replaced.
     """
-    scheme, userinfo, hosts, rest = _split(url)
+    scheme, userinfo, hosts, rest = _split(url, lenient=True)
     if not scheme:
-        # Not a URL we understand; hide anything between '//user:' and '@'.
-        return re.sub(r"(//[^:/@]*:)[^@]*@", rf"\1{REDACTED}@", url)
+        return _redact_foreign(url)
     netloc = hosts
     if userinfo:
         user = userinfo.split(":", 1)[0]
@@ -122,9 +156,9 @@ def strip_password(url: str) -> str:
     :param str url: a MongoDB connection string.
     :return: ``mongodb://user@host/...`` (password and secret options dropped).
     """
-    scheme, userinfo, hosts, rest = _split(url)
+    scheme, userinfo, hosts, rest = _split(url, lenient=True)
     if not scheme:
-        return redact_url(url)
+        return _redact_foreign(url)
     user = userinfo.split(":", 1)[0]
     netloc = f"{user}@{hosts}" if userinfo else hosts
     return scheme + netloc + _filter_query(rest, None)
@@ -188,11 +222,17 @@ def parse_url(url: str) -> ParsedUrl:
             database = database.split(".", 1)[0]
             if _BAD_DB_CHARS.search(database):
                 raise InvalidURI(f"bad database name {database!r}")
+            if len(database.encode("utf-8", "surrogatepass")) > MAX_DATABASE_NAME_BYTES:
+                raise InvalidURI(
+                    f"database name {database[:20]!r}... is longer than MongoDB's limit of "
+                    f"{MAX_DATABASE_NAME_BYTES} bytes"
+                )
     except (InvalidURI, ConfigurationError, ValueError) as exc:
         # PyMongo messages name the option, never the password; redact anyway.
         message = str(exc)
-        if userinfo:
-            message = message.replace(userinfo, REDACTED)
+        for secret in (userinfo, _split(url, lenient=True)[1]):
+            if secret:
+                message = message.replace(secret, REDACTED)
         raise MongoUrlError(f"mongo_url {shown!r}: {message}") from None
     return ParsedUrl(
         scheme=scheme, hosts=tuple(host_list), database=database, has_password=has_password

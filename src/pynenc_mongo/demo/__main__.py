@@ -41,7 +41,21 @@ def _show(backend: Any, invocation_id: str, depth: int) -> int:
 
 
 def main() -> int:
-    """Run the demo; exit status 0 when every invocation reached its expected end."""
+    """Run the demo; exit status 0 when every invocation reached its expected end.
+
+    A configuration error or an unreachable server ends it with one line on
+    stderr naming the problem (never a password) and exit status 2.
+    """
+    from pynenc_mongo.errors import MongoBackendError
+
+    try:
+        return _run()
+    except (MongoBackendError, ValueError) as exc:
+        sys.stderr.write(f"pynenc-mongo demo failed: {type(exc).__name__}: {exc}\n")
+        return 2
+
+
+def _run() -> int:
     from pynenc_mongo.demo import workload
     from pynenc_mongo.state_backend import MongoStateBackend
 
