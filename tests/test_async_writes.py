@@ -23,7 +23,7 @@ from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 from pynenc.runner.runner_context import RunnerContext
 
-from pynenc_mongo import aio, schema
+from pynenc_mongo import aio, async_writes, schema
 from pynenc_mongo.async_writes import (
     AsyncHistoryWriter,
     SyncHistoryWriter,
@@ -267,8 +267,14 @@ def test_backpressure_blocks_callers_past_the_cap(make_app: Callable[..., Pynenc
     assert len(_all_history(backend)) == 11
 
 
-def test_pending_records_are_written_together(make_app: Callable[..., Pynenc]) -> None:
-    """1,000 records pending at once: two insert_many (the first, held, then the rest)."""
+def test_pending_records_are_written_together(
+    make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 records pending at once: two insert_many (the first, held, then the rest).
+
+    Without the linger (tested below), so the first batch is the first record alone.
+    """
+    monkeypatch.setattr(async_writes, "LINGER_SECONDS", 0.0)
     backend = _backend(make_app(history_write_mode="async"))
     real = _real_insert(backend)
     gate = threading.Event()
@@ -288,6 +294,25 @@ def test_pending_records_are_written_together(make_app: Callable[..., Pynenc]) -
         backend.wait_for_all_async_operations()
     assert ops.counts["insert"] == 2
     assert len(_all_history(backend)) == 1_000
+
+
+def test_records_arriving_within_the_linger_share_one_insert(
+    make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records submitted one by one while the drain lingers go out in one insert_many."""
+    monkeypatch.setattr(async_writes, "LINGER_SECONDS", 30.0)
+    backend = _backend(make_app(history_write_mode="async"))
+    writer = backend.history_writer
+    with count_operations() as ops:
+        for i in range(50):
+            for status in SEQUENCE:
+                backend.add_history(f"inv-{i}", _record(status), CTX)
+        assert writer.pending("inv-0")  # still lingering: nothing written yet
+        assert ops.counts["insert"] == 0
+        # A reader cuts the linger short (well before the 30 s), and gets everything.
+        assert [h.status_record.status for h in backend.get_history("inv-7")] == SEQUENCE
+    assert ops.counts["insert"] == 1
+    assert len(_all_history(backend)) == 50
 
 
 def test_no_thread_per_write_and_tracking_is_bounded(make_app: Callable[..., Pynenc]) -> None:

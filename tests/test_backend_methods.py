@@ -60,7 +60,9 @@ def test_upsert_many_is_one_operation_and_idempotent(app_instance: Pynenc) -> No
     invocations = _invocations(app_instance, 300, with_args=True)
     backend._dto_cache.clear()
     with count_operations() as ops:
-        backend.upsert_invocations(invocations)
+        backend.upsert_invocations(invocations)  # deferred (pynenc's constructors)
+        assert ops.total == 0
+        backend.upsert_invocations(invocations)  # the registration: one insert_many
     assert ops.counts == {"insert": 1}
     with count_operations() as ops:
         backend.upsert_invocations(invocations)  # known to this process: nothing to write

@@ -77,6 +77,7 @@ def test_expire_at_is_set_on_exactly_the_finished_invocations_documents(
     _populate(backend, "done", "SUCCESS")
     _populate(backend, "failed", "FAILED")
     _populate(backend, "running", None)
+    backend.wait_for_all_async_operations()  # raw reads below bypass read-your-writes
     for inv_id in ("done", "failed"):
         owned = _owned(backend, inv_id)
         final_ts = max(doc["ts"] for doc in owned[schema.HISTORY])

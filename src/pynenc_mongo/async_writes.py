@@ -10,6 +10,11 @@ asynchronous MongoDB operations on one event loop thread per process
   ``insert_many`` (at most :data:`MAX_BATCH` documents), then the next batch.
   Batches are written one after another, so an invocation's records become
   durable in the order they were submitted.
+* Before each batch the drain lingers up to :data:`LINGER_SECONDS` so that the
+  records of concurrent tasks share one ``insert_many`` (a task's REGISTERED,
+  PENDING, RUNNING and SUCCESS records arrive milliseconds apart); a full
+  batch, a ``wait``/``wait_all`` on pending records or ``close`` cuts the
+  linger short, so a reader in this process never waits for it.
 * Every record gets a sequence number and each invocation remembers its last
   one. ``wait(id)`` blocks until every record of ``id`` submitted before the call
   is written; ``wait_all()`` likewise for all. Tracking entries are dropped as
@@ -30,10 +35,12 @@ the record before ``add_history`` returns).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -59,6 +66,11 @@ logger = logging.getLogger("pynenc_mongo")
 
 #: Most documents in one ``insert_many`` of history records.
 MAX_BATCH = 5_000
+#: Longest time a batch waits for more records before it is written (seconds),
+#: unless someone waits on pending records; see the module docstring.
+LINGER_SECONDS = 0.05
+#: How often a lingering drain checks whether it should stop lingering (seconds).
+LINGER_POLL_SECONDS = 0.001
 #: Most permanent failures remembered for invocations nobody has waited on yet.
 MAX_REMEMBERED_FAILURES = 10_000
 
@@ -145,6 +157,7 @@ class AsyncHistoryWriter:
         self._failures: OrderedDict[str, BaseException] = OrderedDict()
         self._draining = False
         self._closed = False
+        self._waiters = 0
         if insert is None:
             backend.collection(schema.HISTORY)  # ensures the indexes (sync client)
             insert = _mongo_insert(
@@ -171,8 +184,13 @@ class AsyncHistoryWriter:
         with self._cond:
             if self._closed:
                 raise RuntimeError("history writer is closed")
-            while self._in_flight and self._in_flight + len(docs) > self._cap:
-                self._cond.wait()
+            if self._in_flight and self._in_flight + len(docs) > self._cap:
+                self._waiters += 1  # a blocked caller ends the linger too
+                try:
+                    while self._in_flight and self._in_flight + len(docs) > self._cap:
+                        self._cond.wait()
+                finally:
+                    self._waiters -= 1
             for doc in docs:
                 self._submitted_seq += 1
                 self._buffer.append((self._submitted_seq, doc))
@@ -199,8 +217,12 @@ class AsyncHistoryWriter:
         with self._cond:
             target = self._last_seq.get(invocation_id)
             if target is not None:
-                while self._completed_seq < target:
-                    self._cond.wait()
+                self._waiters += 1
+                try:
+                    while self._completed_seq < target:
+                        self._cond.wait()
+                finally:
+                    self._waiters -= 1
             failure = self._failures.pop(invocation_id, None)
         if failure is not None:
             raise AsyncOperationError(invocation_id, failure)
@@ -213,8 +235,12 @@ class AsyncHistoryWriter:
         """
         with self._cond:
             target = self._submitted_seq
-            while self._completed_seq < target:
-                self._cond.wait()
+            self._waiters += 1
+            try:
+                while self._completed_seq < target:
+                    self._cond.wait()
+            finally:
+                self._waiters -= 1
             failures = list(self._failures.items())
             self._failures.clear()
         if failures:
@@ -246,8 +272,23 @@ class AsyncHistoryWriter:
         return self._pid != os.getpid()
 
     # -- loop side -------------------------------------------------------------
+    def _linger_over(self) -> bool:
+        """True when the next batch should be written now: full, or someone waits
+        for it (``wait``, ``wait_all``, ``close``, a caller held by backpressure)."""
+        with self._cond:
+            return len(self._buffer) >= MAX_BATCH or self._waiters > 0 or self._closed
+
+    async def _linger(self) -> None:
+        """Wait up to :data:`LINGER_SECONDS` for more records (see the module docstring)."""
+        if LINGER_SECONDS <= 0:
+            return
+        deadline = time.monotonic() + LINGER_SECONDS
+        while not self._linger_over() and time.monotonic() < deadline:
+            await asyncio.sleep(LINGER_POLL_SECONDS)
+
     async def _drain(self) -> None:
         while True:
+            await self._linger()
             with self._cond:
                 if not self._buffer:
                     self._draining = False

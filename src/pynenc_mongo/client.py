@@ -13,6 +13,10 @@ PyMongo fork-safe?"). This registry therefore:
 ``mongomock://<name>`` URLs select an in-process embedded store (mongomock):
 one store per ``<name>`` per process, shared by every app that names it. After a
 fork the child keeps a private copy of the store, as with pynenc's memory backend.
+mongomock is not thread-safe (its collections are plain dicts that a concurrent
+write changes under a reader), so every mongomock collection operation, and the
+evaluation of a cursor's results, runs under one process-wide lock
+(:func:`_serialize_mongomock`): pynenc's thread runners can share the store.
 
 Clients are created with ``tz_aware=True, tzinfo=UTC``: dates come back as
 timezone-aware UTC datetimes.
@@ -21,6 +25,7 @@ timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import threading
 from datetime import UTC
@@ -31,7 +36,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from pynenc_mongo.monitoring import LISTENER
-from pynenc_mongo.urls import MOCK_SCHEME, parse_url
+from pynenc_mongo.urls import MOCK_SCHEME, parse_url, redact_url
 
 APP_NAME = "pynenc-mongo"
 
@@ -40,8 +45,73 @@ _clients: dict[tuple[str, str, float], MongoClient[dict[str, Any]]] = {}
 _mock_stores: dict[str, Any] = {}
 
 
+_MOCK_LOCK = threading.RLock()
+#: mongomock ``Collection`` methods that read or change the store.
+_MOCK_COLLECTION_METHODS = (
+    "insert_one",
+    "insert_many",
+    "find_one",
+    "find_one_and_update",
+    "find_one_and_replace",
+    "find_one_and_delete",
+    "update_one",
+    "update_many",
+    "replace_one",
+    "delete_one",
+    "delete_many",
+    "distinct",
+    "aggregate",
+    "count_documents",
+    "estimated_document_count",
+    "bulk_write",
+    "create_index",
+    "create_indexes",
+    "drop_index",
+    "drop_indexes",
+    "list_indexes",
+    "index_information",
+    "drop",
+    "rename",
+)
+
+
+def _locked(method: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _MOCK_LOCK:
+            return method(*args, **kwargs)
+
+    call.__name__ = getattr(method, "__name__", "call")
+    call.__doc__ = method.__doc__
+    call.__wrapped__ = method  # type: ignore[attr-defined]
+    return call
+
+
+def _serialize_mongomock() -> None:
+    """Make the embedded store safe to share between threads (see the module docstring).
+
+    Wraps mongomock's ``Collection`` methods and ``Cursor._compute_results`` (where
+    a ``find`` actually reads the store) with :data:`_MOCK_LOCK`; idempotent.
+    """
+    from mongomock.collection import Collection as MockCollection
+    from mongomock.collection import Cursor as MockCursor
+
+    if getattr(MockCollection, "_pynenc_mongo_serialized", False):
+        return
+    for name in _MOCK_COLLECTION_METHODS:
+        original = getattr(MockCollection, name, None)
+        if original is not None:
+            setattr(MockCollection, name, _locked(original))
+    setattr(MockCursor, "_compute_results", _locked(MockCursor._compute_results))  # noqa: B010
+    setattr(MockCollection, "_pynenc_mongo_serialized", True)  # noqa: B010
+
+
+_serialize_mongomock()
+
+
+@functools.lru_cache(maxsize=64)
 def _mock_store_key(url: str) -> str:
-    """``mongomock://name/db?x`` -> ``name``: the store's identity."""
+    """``mongomock://name/db?x`` -> ``name``: the store's identity (parsed once per URL:
+    every operation of the backend asks for its client)."""
     return parse_url(url).hosts[0]
 
 
@@ -67,17 +137,43 @@ def get_client(url: str, database: str, timeout_seconds: float) -> Any:
         client = _clients.get(client_key)
         if client is None:
             parse_url(url)  # refuse malformed URLs with a redacted message
-            client = MongoClient(
-                url,
-                tz_aware=True,
-                tzinfo=UTC,
-                connect=False,
-                appname=APP_NAME,
-                serverSelectionTimeoutMS=int(timeout_seconds * 1000),
-                event_listeners=[LISTENER],
-            )
+            client = _new_client(url, timeout_seconds)
             _clients[client_key] = client
         return client
+
+
+def _new_client(url: str, timeout_seconds: float) -> MongoClient[dict[str, Any]]:
+    """Create a ``MongoClient`` (no connection yet: ``connect=False``).
+
+    :raises MongoConfigError: an option PyMongo refuses only now (for example a
+        ``tlsCAFile`` that cannot be read), naming ``mongo_url``, password redacted.
+    :raises MongoUnavailableError: a ``mongodb+srv://`` name that does not resolve.
+    """
+    from pymongo.errors import ConfigurationError
+
+    from pynenc_mongo.config import MongoConfigError
+    from pynenc_mongo.errors import MongoUnavailableError, is_dns_failure
+
+    try:
+        return MongoClient(
+            url,
+            tz_aware=True,
+            tzinfo=UTC,
+            connect=False,
+            appname=APP_NAME,
+            serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+            event_listeners=[LISTENER],
+        )
+    except ConfigurationError as exc:
+        if is_dns_failure(exc):
+            raise MongoUnavailableError(
+                f"MongoDB at {redact_url(url)} is not reachable: {exc}"
+            ) from None
+        raise MongoConfigError(f"mongo_url {redact_url(url)!r}: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise MongoConfigError(
+            f"mongo_url {redact_url(url)!r}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def get_database(url: str, database: str, timeout_seconds: float) -> Database[dict[str, Any]]:
@@ -114,8 +210,9 @@ def _forget_after_fork() -> None:
     Closing would send ``endSessions`` on sockets the parent still owns; the
     parent's objects are simply abandoned and the child creates its own.
     """
-    global _lock
+    global _lock, _MOCK_LOCK
     _lock = threading.Lock()
+    _MOCK_LOCK = threading.RLock()  # another parent thread may have held it
     _clients.clear()
 
 

@@ -49,7 +49,7 @@ MAX_NAMESPACE_BYTES = 255
 MAX_PREFIX_BYTES = MAX_NAMESPACE_BYTES - 63 - 1 - len("workflow_sub_invocations")
 
 _TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
-_FALSE = frozenset({"false", "0", "no", "off", "n", "f", ""})
+_FALSE = frozenset({"false", "0", "no", "off", "n", "f"})
 
 
 class MongoConfigError(ValueError):
@@ -180,7 +180,13 @@ def _database_mapper(value: Any, _expected: type) -> str:
     if not isinstance(value, str):
         raise MongoConfigError(f"mongo_database: expected a string, got {type(value).__name__}")
     bad = set('/\\. "$\x00') & set(value)
-    if bad or len(value.encode()) > 63:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise MongoConfigError(
+            f"mongo_database: expected valid UTF-8 text, got {value!r}"
+        ) from None
+    if bad or size > 63:
         raise MongoConfigError(
             "mongo_database: expected a MongoDB database name (at most 63 bytes, none of "
             f'/\\. "$ or NUL), got {value!r}'

@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from pymongo.errors import (
     AutoReconnect,
+    ConfigurationError,
     ConnectionFailure,
     DocumentTooLarge,
     OperationFailure,
@@ -137,6 +139,16 @@ def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def is_dns_failure(exc: BaseException) -> bool:
+    """True for PyMongo's ``ConfigurationError`` raised when a ``mongodb+srv://`` host
+    name does not resolve (PyMongo resolves SRV and TXT records when the client is
+    made): an unreachable server, not a bad setting."""
+    text = str(exc)
+    return isinstance(exc, ConfigurationError) and (
+        "DNS" in text or "resolution lifetime" in text or "SRV" in text
+    )
+
+
 def translate(exc: BaseException, where: str) -> BaseException:
     """Map a PyMongo error to this package's error, naming ``where`` (host, redacted).
 
@@ -150,8 +162,14 @@ def translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILED_CODES:
         return MongoAuthenticationError(f"MongoDB at {where} refused the credentials: {exc}")
     if isinstance(exc, ServerSelectionTimeoutError):
-        cause = str(exc).split(", Timeout:")[0]
+        text = str(exc)
+        cause = re.sub(r" \(configured timeouts: [^)]*\)", "", text.split(", Timeout:")[0])
+        waited = re.search(r", Timeout: ([0-9.]+)s", text)
+        if waited:
+            cause += f" (server selection timeout {float(waited.group(1)):g} s)"
         return MongoUnavailableError(f"MongoDB at {where} is not reachable: {cause}")
+    if is_dns_failure(exc):
+        return MongoUnavailableError(f"MongoDB at {where} is not reachable: {exc}")
     if isinstance(exc, ConnectionFailure):
         return MongoUnavailableError(f"MongoDB at {where} connection failed: {exc}")
     return exc

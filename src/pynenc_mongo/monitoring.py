@@ -8,11 +8,21 @@ The embedded store (mongomock) sends no commands, so :func:`count_operations`
 also wraps mongomock's ``Collection`` methods for its duration; each call of a
 method that would be one command on a server counts once (a ``find`` counts
 once, as its first batch; mongomock has no ``getMore``).
+
+Besides counts, a counter measures the time spent inside the store: from each
+command's start to its reply on a real server (a round trip plus the server's
+work), inside each counted mongomock call on the embedded store. ``seconds``
+sums every operation's time (over all threads); ``busy_seconds`` is the wall
+time during which at least one operation was in progress; ``cpu_seconds`` is
+the CPU time this process spent inside the embedded store (mongomock's work,
+which a real server does on its own machine; zero on real servers, where the
+driver's own work stays outside the store).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,16 +69,41 @@ IGNORED_COMMANDS = frozenset(
 
 
 class OperationCounter:
-    """Thread-safe counts of operations by kind (``insert``, ``find``, ``update``...)."""
+    """Thread-safe counts of operations by kind (``insert``, ``find``, ``update``...)
+    and the time spent inside the store (see the module docstring).
+
+    :ivar Counter counts: operations by kind (MongoDB command name).
+    :ivar float seconds: time inside store operations, summed over operations.
+    :ivar float busy_seconds: wall time with at least one operation in progress.
+    :ivar float cpu_seconds: CPU time of this process inside the embedded store.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.seconds = 0.0
+        self.busy_seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def add(self, kind: str) -> None:
         """Count one operation of ``kind``."""
         with self._lock:
             self.counts[kind] += 1
+
+    def add_time(self, seconds: float) -> None:
+        """Add one operation's duration."""
+        with self._lock:
+            self.seconds += seconds
+
+    def add_busy(self, seconds: float) -> None:
+        """Add a stretch of wall time during which operations were in progress."""
+        with self._lock:
+            self.busy_seconds += seconds
+
+    def add_cpu(self, seconds: float) -> None:
+        """Add CPU time spent inside the embedded store."""
+        with self._lock:
+            self.cpu_seconds += seconds
 
     @property
     def total(self) -> int:
@@ -86,18 +121,62 @@ def _record(kind: str) -> None:
         counter.add(kind)
 
 
+# Operations in progress (any thread), for ``busy_seconds``.
+_inside_lock = threading.Lock()
+_inside = 0
+_busy_since = 0.0
+
+
+def _enter() -> float:
+    """An operation starts: returns its start time."""
+    global _inside, _busy_since
+    now = time.perf_counter()
+    with _inside_lock:
+        if _inside == 0:
+            _busy_since = now
+        _inside += 1
+    return now
+
+
+def _leave(started: float, cpu: float = 0.0) -> None:
+    """The operation that started at ``started`` ended, having used ``cpu`` seconds
+    of this thread's CPU time inside the embedded store."""
+    global _inside
+    now = time.perf_counter()
+    with _inside_lock:
+        _inside -= 1
+        busy = now - _busy_since if _inside == 0 else 0.0
+    for counter in list(_active):
+        counter.add_time(now - started)
+        if busy:
+            counter.add_busy(busy)
+        if cpu:
+            counter.add_cpu(cpu)
+
+
 class _Listener(monitoring.CommandListener):
-    """Counts started commands on real clients while a counter is active."""
+    """Counts and times started commands on real clients while a counter is active."""
+
+    def __init__(self) -> None:
+        self._started: dict[tuple[int, Any], float] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if _active and event.command_name not in IGNORED_COMMANDS:
             _record(event.command_name)
+            self._started[(event.request_id, event.connection_id)] = _enter()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        """Not counted."""
+        """Times the command, if it was counted."""
+        self._finished(event.request_id, event.connection_id)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        """Not counted."""
+        """Times the command, if it was counted."""
+        self._finished(event.request_id, event.connection_id)
+
+    def _finished(self, request_id: int, connection_id: Any) -> None:
+        started = self._started.pop((request_id, connection_id), None)
+        if started is not None:
+            _leave(started)
 
 
 LISTENER = _Listener()
@@ -127,18 +206,46 @@ def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
 
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         busy = getattr(_in_call, "busy", False)
+        started = None
+        cpu = 0.0
         if _active and not busy:
             _record(kind)
+            started = _enter()
+            cpu = time.thread_time()
         _in_call.busy = True  # mongomock methods call each other: count the outer one
         try:
             return original(self, *args, **kwargs)
         finally:
             _in_call.busy = busy
+            if started is not None:
+                _leave(started, time.thread_time() - cpu)
 
     return counted
 
 
+def _wrap_timed_only(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Time (not count) a mongomock cursor's query: a ``find`` runs when its cursor
+    is first read, after the counted ``find`` call has returned."""
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        busy = getattr(_in_call, "busy", False)
+        started = _enter() if _active and not busy else None
+        cpu = time.thread_time()
+        _in_call.busy = True
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _in_call.busy = busy
+            if started is not None:
+                _leave(started, time.thread_time() - cpu)
+
+    return timed
+
+
 _in_call = threading.local()
+#: mongomock's cursor method that runs a query (timed, not counted).
+_CURSOR_QUERY = "_compute_results"
+_cursor_original: list[Callable[..., Any]] = []
 
 
 @contextmanager
@@ -156,6 +263,9 @@ def count_operations() -> Iterator[OperationCounter]:
                 original = getattr(mongomock.collection.Collection, name)
                 _originals[name] = original
                 setattr(mongomock.collection.Collection, name, _wrap(name, original))
+            compute = getattr(mongomock.collection.Cursor, _CURSOR_QUERY)
+            _cursor_original.append(compute)
+            setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _wrap_timed_only(compute))
         _depth += 1
         _active.append(counter)
     try:
@@ -168,3 +278,4 @@ def count_operations() -> Iterator[OperationCounter]:
                 for name, original in _originals.items():
                     setattr(mongomock.collection.Collection, name, original)
                 _originals.clear()
+                setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _cursor_original.pop())

@@ -14,6 +14,15 @@ Design notes:
   change once stored), so each process keeps the DTOs it has written or read in
   a bounded LRU cache and never re-reads or re-writes them; a batch upsert is a
   single unordered ``insert_many`` that skips invocations already stored.
+* pynenc stores each new invocation from its constructor, one by one, then
+  upserts the whole batch again when it registers them (``parallelize`` builds
+  N invocations, then registers the N together), always before routing them.
+  New invocations are therefore deferred, per thread: they are written, all in
+  one ``insert_many``, by the next upsert call naming one of them (the
+  registration, which returns once they are durable), or before the same
+  thread's next MongoDB operation of any kind, whichever comes first;
+  ``wait_for_all_async_operations``, ``purge``, ``close`` and interpreter exit
+  write every thread's. Registering N invocations costs one operation, not N + 1.
 * ``add_history``/``add_histories`` build the records the way pynenc's base class
   does, but write all of them in one ``insert_many`` through a history writer
   (synchronous, or asynchronous with per-invocation tracking: see
@@ -24,9 +33,12 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -100,7 +112,9 @@ MAX_SEARCH_PATTERN_CHARS = 1000
 #: Deepest runner-context parent chain followed (guards against loops).
 MAX_RUNNER_DEPTH = 64
 _SECRET_KEY = re.compile(
-    r"pass(word)?|passwd|pwd|secret|token|credential|api_?key|private_?key", re.IGNORECASE
+    r"pass(word)?|passwd|pwd|secret|token|credential|api_?key|private_?key|auth(?!ors?\b)|"
+    r"(^|_)key$|cookie|session|signature",
+    re.IGNORECASE,
 )
 
 DTOPair = tuple["InvocationDTO", "CallDTO"]
@@ -142,6 +156,15 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         self._cache_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._writer: HistoryWriter | None = None
+        # Deferred invocation inserts (see the module docstring): per thread ident,
+        # invocation id -> (document, value ids of its large-argument pieces); the
+        # ids deferred or being written; the lock held while writing (so a flush
+        # returns only once earlier deferred inserts it depends on are durable).
+        self._deferred: dict[int, dict[str, tuple[dict[str, Any], list[str]]]] = {}
+        self._unwritten: set[str] = set()
+        self._deferred_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        _live_backends.add(self)
         self._app_info_lock = threading.RLock()
         self._pending_app_info: AppInfo | None = None
         self._local = threading.local()
@@ -175,6 +198,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         """
         if self._pending_app_info is not None and not getattr(self._local, "storing", False):
             self._store_pending_app_info()
+        if self._deferred.get(threading.get_ident()):  # this thread's deferred inserts first
+            self._flush_deferred()
+        return self._physical_collection(logical)
+
+    def _physical_collection(self, logical: str) -> Collection[dict[str, Any]]:
+        """:meth:`_collection` without the deferred writes that precede an operation."""
         conf = self.conf
         db = get_database(
             conf.mongo_url, self._database_name, conf.mongo_server_selection_timeout_seconds
@@ -219,7 +248,9 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         return self._app_id
 
     def close(self) -> None:
-        """Flush pending asynchronous writes and stop the writer (clients stay shared)."""
+        """Write deferred invocations, flush pending asynchronous writes and stop the
+        writer (clients stay shared)."""
+        self._flush_deferred(every_thread=True)
         with self._writer_lock:
             writer, self._writer = self._writer, None
         if writer is not None:
@@ -423,45 +454,98 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             would still pass 16 MiB (huge ids, task or argument names).
         """
         fresh: dict[str, DTOPair] = {}
-        with self._cache_lock:
+        registering: list[str] = []
+        with self._cache_lock, self._deferred_lock:
             for inv_dto, call_dto in entries:
                 inv_id = inv_dto.invocation_id
                 _check_str("invocation_id", inv_id)
-                if inv_id not in self._dto_cache and inv_id not in fresh:
+                if inv_id in self._unwritten:
+                    registering.append(inv_id)
+                elif inv_id not in self._dto_cache and inv_id not in fresh:
                     fresh[inv_id] = (inv_dto, call_dto)
-        if not fresh:
+        if fresh:
+            deferred: dict[str, tuple[dict[str, Any], list[str]]] = {}
+            pieces: list[dict[str, Any]] = []
+            for key, (inv_dto, call_dto) in fresh.items():
+                arguments = self._prepare_arguments(key, call_dto.serialized_arguments)
+                doc = schema.invocation_doc(
+                    self._app_id,
+                    inv_dto,
+                    call_dto,
+                    [{"name": name, "value": prep.stored} for name, prep in arguments],
+                )
+                doc["_id"] = ObjectId()  # client-made: tells our retried insert from a rival's
+                self._check_size(doc, f"invocation {key[:80]!r}")
+                ids = [values.reference_id(prep.stored) for _, prep in arguments]
+                deferred[key] = (doc, [i for i in ids if i is not None])
+                pieces.extend(p for _, prep in arguments for p in prep.pieces)
+            self._insert_pieces(pieces)  # pieces before the documents that point at them
+            self._remember(fresh)
+            with self._deferred_lock:
+                self._deferred.setdefault(threading.get_ident(), {}).update(deferred)
+                self._unwritten.update(deferred)
+        if registering or (fresh and not self._cache_enabled):
+            self._flush_deferred(named=registering)
+
+    @translate_errors
+    def _flush_deferred(
+        self,
+        named: list[str] | None = None,
+        every_thread: bool = False,
+        owner: int | None = None,
+    ) -> None:
+        """Write deferred invocations in one ``insert_many`` (idempotent): this
+        thread's (or thread ``owner``'s), those in ``named`` whichever thread
+        deferred them, or with ``every_thread`` all of them.
+
+        Returns once they are durable, including those of ``named`` that another
+        thread is writing at that moment. On failure the documents stay deferred
+        and the error propagates; the next operation retries. A document that
+        lost an insert race to another writer's copy has its pieces deleted.
+        """
+        me = threading.get_ident() if owner is None else owner
+        if not self._unwritten or not (named or every_thread or self._deferred.get(me)):
             return
-        docs: list[dict[str, Any]] = []
-        doc_value_ids: list[list[str]] = []
-        pieces: list[dict[str, Any]] = []
-        for key, (inv_dto, call_dto) in fresh.items():
-            arguments = self._prepare_arguments(key, call_dto.serialized_arguments)
-            doc = schema.invocation_doc(
-                self._app_id,
-                inv_dto,
-                call_dto,
-                [{"name": name, "value": prep.stored} for name, prep in arguments],
-            )
-            doc["_id"] = ObjectId()  # client-made: tells our own retried insert from a rival's
-            self._check_size(doc, f"invocation {key[:80]!r}")
-            docs.append(doc)
-            ids = [values.reference_id(prep.stored) for _, prep in arguments]
-            doc_value_ids.append([i for i in ids if i is not None])
-            pieces.extend(p for _, prep in arguments for p in prep.pieces)
-        self._insert_pieces(pieces)
-        collection = self._collection(schema.INVOCATIONS)
-        try:
-            duplicates = with_retry(insert_if_absent, collection, docs)
-        except PyMongoError as exc:
-            if not is_transient(exc):  # nothing was stored: the pieces are unused
-                self._delete_value_ids([i for ids in doc_value_ids for i in ids])
-            raise
+        with self._flush_lock:
+            with self._deferred_lock:
+                if every_thread:
+                    taken = {k: v for per in self._deferred.values() for k, v in per.items()}
+                    self._deferred.clear()
+                else:
+                    taken = self._deferred.pop(me, {})
+                    for other in (named or []) if self._deferred else []:
+                        for per in self._deferred.values():
+                            if other in per:
+                                taken[other] = per.pop(other)
+                                break
+                    for ident in [i for i, per in self._deferred.items() if not per]:
+                        del self._deferred[ident]
+            if not taken:
+                return
+            docs = [doc for doc, _ in taken.values()]
+            doc_value_ids = [ids for _, ids in taken.values()]
+            collection = self._physical_collection(schema.INVOCATIONS)
+            try:
+                duplicates = with_retry(insert_if_absent, collection, docs)
+            except PyMongoError as exc:
+                if is_transient(exc):  # maybe not applied: keep them deferred, retry later
+                    with self._deferred_lock:
+                        self._deferred.setdefault(me, {}).update(taken)
+                else:  # surely not stored: the pieces are unused
+                    with self._deferred_lock:
+                        self._unwritten.difference_update(taken)
+                    with self._cache_lock:
+                        for inv_id in taken:
+                            self._dto_cache.pop(inv_id, None)
+                    self._delete_value_ids([i for ids in doc_value_ids for i in ids])
+                raise
+            with self._deferred_lock:
+                self._unwritten.difference_update(taken)
         with_pieces = [i for i in duplicates if doc_value_ids[i]]  # others have nothing to drop
         if with_pieces:
             self._drop_losing_pieces(
                 collection, [docs[i] for i in with_pieces], [doc_value_ids[i] for i in with_pieces]
             )
-        self._remember(fresh)
 
     def _prepare_arguments(
         self, owner: str, serialized: dict[str, str]
@@ -544,6 +628,8 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             cached = self._dto_cache.get(invocation_id)
         if cached is not None:
             return cached
+        if invocation_id in self._unwritten:  # deferred by another thread, evicted from cache
+            self._flush_deferred(named=[invocation_id])
         for attempt in range(STALE_READ_ATTEMPTS):
             doc = with_retry(
                 self._collection(schema.INVOCATIONS).find_one,
@@ -662,6 +748,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             return
         for doc in docs:  # ids become query values: a dict would act as an operator
             _check_str("invocation_id", doc[F_INV])
+        self._flush_deferred()  # the invocations are stored before their history
         retention_days = self.conf.mongo_retention_days
         if retention_days > 0:
             for doc in docs:
@@ -743,6 +830,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises pynenc_mongo.errors.AsyncOperationError: if any failed for good.
         """
+        self._flush_deferred(every_thread=True)
         writer = self._writer
         if writer is not None:
             writer.wait_all()
@@ -1189,6 +1277,9 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         one: bool = False,
     ) -> Any:
         conf = self.conf
+        owner = threading.get_ident()
+        if self._deferred.get(owner):  # this thread's deferred inserts go first
+            await asyncio.to_thread(self._flush_deferred, owner=owner)
 
         async def query() -> Any:
             self._collection(logical)  # first use: ensures indexes (on the loop thread)
@@ -1387,5 +1478,28 @@ def _without_secrets(value: Any, key: Any = None) -> Any:
         return type(value)(_without_secrets(v) for v in value)
     return value
 
+
+_live_backends: weakref.WeakSet[MongoStateBackend] = weakref.WeakSet()
+
+
+def _write_all_deferred() -> None:
+    """At exit: write every live backend's deferred invocations (errors are logged)."""
+    for backend in list(_live_backends):
+        try:
+            backend._flush_deferred(every_thread=True)
+        except Exception as exc:  # noqa: BLE001 - nothing left to raise to at exit
+            logger.error("pynenc-mongo: at exit, deferred invocations not written: %s", exc)
+
+
+def _reset_locks_after_fork() -> None:
+    """In a forked child: fresh locks (another parent thread may have held them)."""
+    for backend in list(_live_backends):
+        backend._cache_lock = threading.Lock()
+        backend._deferred_lock = threading.Lock()
+        backend._flush_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+atexit.register(_write_all_deferred)
 
 __all__ = ["MongoStateBackend", "MongoUrlError"]

@@ -171,7 +171,7 @@ def _validate_options(query: str) -> None:
             continue
         try:
             uri_parser.split_options(item, validate=True, warn=False)
-        except (InvalidURI, ConfigurationError, ValueError) as exc:
+        except (InvalidURI, ConfigurationError, ValueError, OSError) as exc:
             key, _, value = item.partition("=")
             shown = REDACTED if key.lower() in SECRET_OPTIONS else repr(unquote_plus(value))
             raise InvalidURI(f"URI option {key!r}={shown} is not accepted: {exc}") from None
@@ -227,7 +227,7 @@ def parse_url(url: str) -> ParsedUrl:
                     f"database name {database[:20]!r}... is longer than MongoDB's limit of "
                     f"{MAX_DATABASE_NAME_BYTES} bytes"
                 )
-    except (InvalidURI, ConfigurationError, ValueError) as exc:
+    except (InvalidURI, ConfigurationError, ValueError, OSError) as exc:
         # PyMongo messages name the option, never the password; redact anyway.
         message = str(exc)
         for secret in (userinfo, _split(url, lenient=True)[1]):
