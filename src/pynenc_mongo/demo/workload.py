@@ -29,7 +29,7 @@ def build_app(app_id: str = DEMO_APP_ID, url: str = DEMO_URL, **mongo_options: A
         .memory()
         .mongo(url=url, **mongo_options)
         .thread_runner()
-        .logging_level("warning")
+        .logging_level("critical")
         .build()
     )
     return built
@@ -61,9 +61,15 @@ def flaky(key: str) -> str:
     return f"{key} ok after {attempt} attempts"
 
 
+class ExpectedFailure(ZeroDivisionError):
+    """The demo's deliberate failure (a ``ZeroDivisionError``)."""
+
+
 @app.task
 def divide(x: int, y: int) -> float:
     """Fails for good when ``y`` is 0 (FAILED, with the exception stored)."""
+    if y == 0:
+        raise ExpectedFailure(f"cannot divide {x} by zero")
     return x / y
 
 
