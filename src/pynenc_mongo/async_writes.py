@@ -47,16 +47,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pynenc.state_backend.base_state_backend import BaseStateBackend
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying
 
 from pynenc_mongo import aio, schema
-from pynenc_mongo.errors import (
-    RETRY_ATTEMPTS,
-    RETRY_WAIT_MAX_SECONDS,
-    RETRY_WAIT_MIN_SECONDS,
-    AsyncOperationError,
-    is_transient,
-)
+from pynenc_mongo.errors import AsyncOperationError, retry_policy
 from pynenc_mongo.operations import DUPLICATE_KEY, only_duplicates
 
 if TYPE_CHECKING:
@@ -311,16 +305,7 @@ class AsyncHistoryWriter:
             self._complete(batch, error)
 
     async def _insert_with_retry(self, docs: list[dict[str, Any]]) -> None:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(RETRY_ATTEMPTS),
-            wait=wait_exponential(
-                multiplier=RETRY_WAIT_MIN_SECONDS,
-                min=RETRY_WAIT_MIN_SECONDS,
-                max=RETRY_WAIT_MAX_SECONDS,
-            ),
-            reraise=True,
-        ):
+        async for attempt in AsyncRetrying(**retry_policy()):
             with attempt:
                 await self._insert(docs)
 

@@ -117,6 +117,22 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def retry_policy() -> dict[str, Any]:
+    """tenacity keyword arguments of this package's retry policy (sync and async):
+    transient errors only, :data:`RETRY_ATTEMPTS` attempts, exponential backoff from
+    :data:`RETRY_WAIT_MIN_SECONDS` to :data:`RETRY_WAIT_MAX_SECONDS`, last error re-raised."""
+    return {
+        "retry": retry_if_exception(is_transient),
+        "stop": stop_after_attempt(RETRY_ATTEMPTS),
+        "wait": wait_exponential(
+            multiplier=RETRY_WAIT_MIN_SECONDS,
+            min=RETRY_WAIT_MIN_SECONDS,
+            max=RETRY_WAIT_MAX_SECONDS,
+        ),
+        "reraise": True,
+    }
+
+
 def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call ``func(*args, **kwargs)``, retrying transient MongoDB errors.
 
@@ -124,16 +140,7 @@ def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
     with exponential backoff between :data:`RETRY_WAIT_MIN_SECONDS` and
     :data:`RETRY_WAIT_MAX_SECONDS`; the last error is re-raised unchanged.
     """
-    for attempt in Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(RETRY_ATTEMPTS),
-        wait=wait_exponential(
-            multiplier=RETRY_WAIT_MIN_SECONDS,
-            min=RETRY_WAIT_MIN_SECONDS,
-            max=RETRY_WAIT_MAX_SECONDS,
-        ),
-        reraise=True,
-    ):
+    for attempt in Retrying(**retry_policy()):
         with attempt:
             return func(*args, **kwargs)
     raise AssertionError("unreachable")  # pragma: no cover

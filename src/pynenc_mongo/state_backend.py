@@ -896,51 +896,43 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             yield batch
 
     # ------------------------------------------------------------------ results
+    def _set_invocation_value(self, logical: str, invocation_id: str, text: str) -> None:
+        """Store (or replace) the value of ``invocation_id`` in ``results``/``exceptions``."""
+        _check_str("invocation_id", invocation_id)
+        filter_ = {F_APP: self._app_id, F_INV: invocation_id}
+        self._write_value(logical, filter_, "value", invocation_id, text)
+
+    def _get_invocation_value(self, logical: str, invocation_id: str, what: str) -> str:
+        """The value of ``invocation_id`` in ``results``/``exceptions``.
+
+        :raises KeyError: ``"<what> for invocation <id> not found"`` (pynenc's contract).
+        """
+        _check_str("invocation_id", invocation_id)
+        filter_ = {F_APP: self._app_id, F_INV: invocation_id}
+        found, text = self._read_value(logical, filter_, "value")
+        if not found:
+            raise KeyError(f"{what} for invocation {invocation_id} not found")
+        return text
+
     @translate_errors
     def _set_result(self, invocation_id: InvocationId, serialized_result: str) -> None:
         """Store (or replace) the serialized result of ``invocation_id``."""
-        _check_str("invocation_id", invocation_id)
-        self._write_value(
-            schema.RESULTS,
-            {F_APP: self._app_id, F_INV: invocation_id},
-            "value",
-            invocation_id,
-            serialized_result,
-        )
+        self._set_invocation_value(schema.RESULTS, invocation_id, serialized_result)
 
     @translate_errors
     def _get_result(self, invocation_id: InvocationId) -> str:
         """The serialized result. :raises KeyError: if none is stored (pynenc's contract)."""
-        _check_str("invocation_id", invocation_id)
-        found, text = self._read_value(
-            schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
-        )
-        if not found:
-            raise KeyError(f"Result for invocation {invocation_id} not found")
-        return text
+        return self._get_invocation_value(schema.RESULTS, invocation_id, "Result")
 
     @translate_errors
     def _set_exception(self, invocation_id: InvocationId, serialized_exception: str) -> None:
         """Store (or replace) the serialized exception of ``invocation_id``."""
-        _check_str("invocation_id", invocation_id)
-        self._write_value(
-            schema.EXCEPTIONS,
-            {F_APP: self._app_id, F_INV: invocation_id},
-            "value",
-            invocation_id,
-            serialized_exception,
-        )
+        self._set_invocation_value(schema.EXCEPTIONS, invocation_id, serialized_exception)
 
     @translate_errors
     def _get_exception(self, invocation_id: InvocationId) -> str:
         """The serialized exception. :raises KeyError: if none is stored."""
-        _check_str("invocation_id", invocation_id)
-        found, text = self._read_value(
-            schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
-        )
-        if not found:
-            raise KeyError(f"Exception for invocation {invocation_id} not found")
-        return text
+        return self._get_invocation_value(schema.EXCEPTIONS, invocation_id, "Exception")
 
     # ------------------------------------------------------------------ workflows
     @translate_errors
