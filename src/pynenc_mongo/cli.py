@@ -324,10 +324,9 @@ def _mongo_fatal(exc: BaseException, settings: Settings) -> Fatal:
     if isinstance(mapped, MongoUnavailableError):
         # PyMongo appends its socket timeouts; the one that applied is ours.
         text = _SOCKET_TIMEOUTS.sub("", str(mapped))
-        return Fatal(
-            EXIT_UNAVAILABLE,
-            f"{text} (server selection timeout {settings.timeout_seconds:g} s)",
-        )
+        if "server selection timeout" not in text:  # translate() may have named it already
+            text += f" (server selection timeout {settings.timeout_seconds:g} s)"
+        return Fatal(EXIT_UNAVAILABLE, text)
     if isinstance(mapped, MongoAuthenticationError):
         return Fatal(EXIT_UNAVAILABLE, str(mapped))
     if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
