@@ -178,13 +178,9 @@ class AsyncHistoryWriter:
         with self._cond:
             if self._closed:
                 raise RuntimeError("history writer is closed")
-            if self._in_flight and self._in_flight + len(docs) > self._cap:
-                self._waiters += 1  # a blocked caller ends the linger too
-                try:
-                    while self._in_flight and self._in_flight + len(docs) > self._cap:
-                        self._cond.wait()
-                finally:
-                    self._waiters -= 1
+            self._block_until(
+                lambda: not self._in_flight or self._in_flight + len(docs) <= self._cap
+            )
             for doc in docs:
                 self._submitted_seq += 1
                 self._buffer.append((self._submitted_seq, doc))
@@ -194,6 +190,17 @@ class AsyncHistoryWriter:
                 self._draining = start = True
         if start:
             aio.run(self._drain())
+
+    def _block_until(self, done: Callable[[], bool]) -> None:
+        """With ``self._cond`` held: wait until ``done()``, counted as a waiter, which
+        cuts the drain's linger short (see the module docstring)."""
+        if done():
+            return
+        self._waiters += 1
+        try:
+            self._cond.wait_for(done)
+        finally:
+            self._waiters -= 1
 
     def pending(self, invocation_id: str) -> bool:
         """True while records of ``invocation_id`` are buffered or being written."""
@@ -211,12 +218,7 @@ class AsyncHistoryWriter:
         with self._cond:
             target = self._last_seq.get(invocation_id)
             if target is not None:
-                self._waiters += 1
-                try:
-                    while self._completed_seq < target:
-                        self._cond.wait()
-                finally:
-                    self._waiters -= 1
+                self._block_until(lambda: self._completed_seq >= target)
             failure = self._failures.pop(invocation_id, None)
         if failure is not None:
             raise AsyncOperationError(invocation_id, failure)
@@ -229,12 +231,7 @@ class AsyncHistoryWriter:
         """
         with self._cond:
             target = self._submitted_seq
-            self._waiters += 1
-            try:
-                while self._completed_seq < target:
-                    self._cond.wait()
-            finally:
-                self._waiters -= 1
+            self._block_until(lambda: self._completed_seq >= target)
             failures = list(self._failures.items())
             self._failures.clear()
         if failures:

@@ -201,36 +201,22 @@ _originals: dict[str, Callable[..., Any]] = {}
 _depth = 0
 
 
-def _wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    kind = _MOCK_KIND.get(name, name)
+def _wrap(original: Callable[..., Any], kind: str | None) -> Callable[..., Any]:
+    """Wrap a mongomock method: count it as one ``kind`` operation (when ``kind`` is
+    given) and time it, unless it runs inside another wrapped call (mongomock
+    methods call each other: only the outer one counts). ``kind=None`` times without
+    counting: a ``find`` runs when its cursor is first read, after the counted
+    ``find`` call has returned."""
 
-    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
         busy = getattr(_in_call, "busy", False)
         started = None
         cpu = 0.0
         if _active and not busy:
-            _record(kind)
+            if kind is not None:
+                _record(kind)
             started = _enter()
             cpu = time.thread_time()
-        _in_call.busy = True  # mongomock methods call each other: count the outer one
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            _in_call.busy = busy
-            if started is not None:
-                _leave(started, time.thread_time() - cpu)
-
-    return counted
-
-
-def _wrap_timed_only(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Time (not count) a mongomock cursor's query: a ``find`` runs when its cursor
-    is first read, after the counted ``find`` call has returned."""
-
-    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        busy = getattr(_in_call, "busy", False)
-        started = _enter() if _active and not busy else None
-        cpu = time.thread_time()
         _in_call.busy = True
         try:
             return original(self, *args, **kwargs)
@@ -239,7 +225,7 @@ def _wrap_timed_only(original: Callable[..., Any]) -> Callable[..., Any]:
             if started is not None:
                 _leave(started, time.thread_time() - cpu)
 
-    return timed
+    return wrapped
 
 
 _in_call = threading.local()
@@ -262,10 +248,14 @@ def count_operations() -> Iterator[OperationCounter]:
             for name in MOCK_COUNTED_METHODS:
                 original = getattr(mongomock.collection.Collection, name)
                 _originals[name] = original
-                setattr(mongomock.collection.Collection, name, _wrap(name, original))
+                setattr(
+                    mongomock.collection.Collection,
+                    name,
+                    _wrap(original, _MOCK_KIND.get(name, name)),
+                )
             compute = getattr(mongomock.collection.Cursor, _CURSOR_QUERY)
             _cursor_original.append(compute)
-            setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _wrap_timed_only(compute))
+            setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _wrap(compute, None))
         _depth += 1
         _active.append(counter)
     try:

@@ -1327,17 +1327,24 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _aget_invocation_value(self, logical: str, invocation_id: str, what: str) -> str:
+        """Awaitable :meth:`_get_invocation_value`.
+
+        :raises KeyError: ``"<what> for invocation <id> not found"``.
+        """
+        _check_str("invocation_id", invocation_id)
+        filter_ = {F_APP: self._app_id, F_INV: invocation_id}
+        found, text = await self._aread_value(logical, filter_, "value")
+        if not found:
+            raise KeyError(f"{what} for invocation {invocation_id} not found")
+        return text
+
     async def aget_result(self, invocation_id: InvocationId) -> Any:
         """Awaitable ``get_result``: the deserialized result.
 
         :raises KeyError: if no result is stored.
         """
-        _check_str("invocation_id", invocation_id)
-        found, text = await self._aread_value(
-            schema.RESULTS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
-        )
-        if not found:
-            raise KeyError(f"Result for invocation {invocation_id} not found")
+        text = await self._aget_invocation_value(schema.RESULTS, invocation_id, "Result")
         return self.app.client_data_store.deserialize(text)
 
     async def aget_exception(self, invocation_id: InvocationId) -> Exception:
@@ -1345,12 +1352,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
         :raises KeyError: if no exception is stored.
         """
-        _check_str("invocation_id", invocation_id)
-        found, text = await self._aread_value(
-            schema.EXCEPTIONS, {F_APP: self._app_id, F_INV: invocation_id}, "value"
-        )
-        if not found:
-            raise KeyError(f"Exception for invocation {invocation_id} not found")
+        text = await self._aget_invocation_value(schema.EXCEPTIONS, invocation_id, "Exception")
         return self.deserialize_exception(text)
 
     async def aget_history(self, invocation_id: InvocationId) -> list[InvocationHistory]:
