@@ -86,6 +86,7 @@ def test_eight_threads_of_many_invocations_lose_and_duplicate_nothing(
                 backend.set_workflow_data(common_wf, f"t{t}.{i}", i)
 
     _run_threads(work, THREADS)
+    backend.wait_for_all_async_operations()  # raw counts below bypass read-your-writes
 
     def count(logical: str) -> int:
         return int(raw(backend, logical).count_documents({"app_id": app.app_id}))
