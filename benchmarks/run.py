@@ -125,7 +125,7 @@ def child_e2e(backend: str, tasks: int) -> dict[str, Any]:
         if backend in MONGO_MODES:
             from pynenc_mongo import schema
 
-            for logical in schema.ALL_COLLECTIONS:
+            for logical in schema.STATE_COLLECTIONS:
                 state_backend.collection(logical)
     backend_cpu = _watch_backend_cpu(type(state_backend))
     with workload.Runner():
@@ -349,7 +349,7 @@ def child_hot(stored: int, calls: int, batch_sizes: list[int]) -> dict[str, Any]
         collection = db[backend.collection_name(logical)]
         for start in range(0, len(docs), 5_000):
             collection.insert_many(docs[start : start + 5_000], ordered=False)
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         backend.collection(logical)  # indexes now (on the embedded store: one pass each)
     backend.store_runner_context(ctx)
     seed_s = time.perf_counter() - seed_started

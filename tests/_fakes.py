@@ -179,13 +179,14 @@ class FaultyCollection:
 
 
 def install_faults(monkeypatch: Any, backend: Any, plan: FaultPlan) -> None:
-    """Make every collection ``backend`` uses a :class:`FaultyCollection` with ``plan``."""
-    original = backend._collection
+    """Make every collection ``backend`` uses (through its store) a
+    :class:`FaultyCollection` with ``plan``."""
+    original = backend.store.collection
 
     def faulty(logical: str) -> FaultyCollection:
         return FaultyCollection(original(logical), plan)
 
-    monkeypatch.setattr(backend, "_collection", faulty)
+    monkeypatch.setattr(backend.store, "collection", faulty)
 
 
 def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
@@ -247,19 +248,19 @@ class SizeLimitedCollection:
 
 def install_size_limit(monkeypatch: Any, backend: Any) -> None:
     """Make every collection ``backend`` uses enforce the 16 MiB document limit."""
-    original = backend._collection
+    original = backend.store.collection
 
     def limited(logical: str) -> SizeLimitedCollection:
         return SizeLimitedCollection(original(logical))
 
-    monkeypatch.setattr(backend, "_collection", limited)
+    monkeypatch.setattr(backend.store, "collection", limited)
 
 
 def raw(backend: Any, logical: str) -> Any:
     """The unwrapped collection (fault-free) for assertions."""
-    from pynenc_mongo.state_backend import MongoStateBackend
+    from pynenc_mongo.store import MongoStore
 
-    return MongoStateBackend._collection(backend, logical)
+    return MongoStore.collection(backend.store, logical)
 
 
 def largest_document(backend: Any) -> int:
@@ -267,7 +268,7 @@ def largest_document(backend: Any) -> int:
     from pynenc_mongo import schema
 
     largest = 0
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         for doc in raw(backend, logical).find({"app_id": backend.app_id}):
             largest = max(largest, len(bson.encode(doc)))
     return largest

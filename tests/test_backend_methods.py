@@ -371,7 +371,7 @@ def _fill(app: Pynenc) -> None:
 def _counts(backend: Any) -> dict[str, int]:
     return {
         logical: backend.collection(logical).count_documents({schema.F_APP: backend.app_id})
-        for logical in schema.ALL_COLLECTIONS
+        for logical in schema.STATE_COLLECTIONS
     }
 
 
@@ -384,7 +384,7 @@ def test_two_apps_in_one_database_are_isolated_and_purge_is_exact(
     a: Any = app_a.state_backend
     b: Any = app_b.state_backend
     counts_b = _counts(b)
-    assert all(counts_b[c] > 0 for c in schema.ALL_COLLECTIONS), str(counts_b)
+    assert all(counts_b[c] > 0 for c in schema.STATE_COLLECTIONS), str(counts_b)
     a_ids = set(a.get_invocation_ids_by_workflow())
     b_ids = set(b.get_invocation_ids_by_workflow())
     assert a_ids and b_ids and not (a_ids & b_ids)

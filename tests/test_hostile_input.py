@@ -71,9 +71,9 @@ def backend_with_runners(make_app: Any, monkeypatch: Any) -> tuple[MongoStateBac
     ]
     for runner_id in runner_ids:
         backend.store_runner_context(_ctx(runner_id))
-    original = backend._collection
+    original = backend.store.collection
     monkeypatch.setattr(
-        backend, "_collection", lambda logical: RegexCheckingCollection(original(logical))
+        backend.store, "collection", lambda logical: RegexCheckingCollection(original(logical))
     )
     return backend, runner_ids
 

@@ -46,7 +46,7 @@ def test_lazy_creation_creates_every_index_once_per_process_and_collection(
     later uses, by this or another backend of the process, send no index command."""
     app = make_app(collection_prefix=layout.prefix)
     _use_every_collection(app)
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         report = inspect_collection(layout.collection(logical), logical, retention=False)
         assert report.missing == [] and report.conflicts == [], logical
         assert not any(name.endswith("_ttl") for name in layout.index_names(logical))
@@ -77,12 +77,12 @@ def test_lazy_creation_off_works_without_indexes_and_warns_once(
     app = make_app(collection_prefix=layout.prefix, create_indexes=False)
     _use_every_collection(app)
     _use_every_collection(make_app(collection_prefix=layout.prefix, create_indexes=False))
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         assert layout.index_names(logical) <= {"_id_"}, logical
     [warning] = _warnings(caplog)
     assert SETUP_SCRIPT in warning
     assert "mongo_create_indexes is off" in warning
-    defined = len([spec for spec in schema.INDEXES if not spec.retention_only])
+    defined = len([spec for spec in schema.state.INDEXES if not spec.retention_only])
     assert f"{defined} indexes missing" in warning
 
 

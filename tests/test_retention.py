@@ -103,7 +103,7 @@ def test_without_retention_nothing_expires(make_raw_app: Any) -> None:
     _populate(backend, "done", "SUCCESS")
     for logical, docs in _owned(backend, "done").items():
         assert all(schema.F_EXPIRE not in doc for doc in docs), logical
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         infos = raw(backend, logical).index_information()
         assert not any("expireAfterSeconds" in info for info in infos.values()), logical
 
@@ -121,7 +121,7 @@ def test_ttl_indexes_exist_with_expire_after_zero_when_retention_is_on(make_raw_
         schema.WORKFLOW_DATA,
         schema.WORKFLOW_SUB_INVOCATIONS,
     }
-    for logical in schema.ALL_COLLECTIONS:
+    for logical in schema.STATE_COLLECTIONS:
         infos = raw(backend, logical).index_information()
         ttl = [info for info in infos.values() if "expireAfterSeconds" in info]
         if logical in expected:

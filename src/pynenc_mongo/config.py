@@ -213,6 +213,16 @@ class ConfigMongo(ConfigPynencBase):
     :cvar ConfigField[str] mongo_async_driver:
         ``pymongo`` (PyMongo's ``AsyncMongoClient``, default) or ``motor``
         (``AsyncIOMotorClient``; needs the ``motor`` extra).
+    :cvar ConfigField[bool] mongo_create_indexes:
+        Create missing indexes lazily, once per process and collection (default True).
+        Turn off where operators run ``pynenc-mongo-setup-indexes``.
+    :cvar ConfigField[int] mongo_inline_value_max_bytes:
+        Results, exceptions, arguments and workflow-data values up to this many bytes
+        (UTF-8) are stored inline; larger ones are compressed and split into pieces.
+        Default 1048576 (1 MiB), at most 8388608 (8 MiB).
+    :cvar ConfigField[float] mongo_retention_days:
+        Days after an invocation's final history record after which MongoDB's TTL
+        monitor deletes its documents. 0 (default) keeps everything; at most 36500.
     """
 
     mongo_url = ConfigField(DEFAULT_URL, _url_mapper, secret=True)
@@ -229,37 +239,7 @@ class ConfigMongo(ConfigPynencBase):
     )
     mongo_collection_prefix = ConfigField("pynenc_", _prefix_mapper)
     mongo_async_driver = ConfigField("pymongo", _choice_mapper("mongo_async_driver", ASYNC_DRIVERS))
-
-
-class ConfigStateBackendMongo(ConfigStateBackend, ConfigMongo):
-    """State-backend settings: :class:`ConfigMongo` plus the backend's own.
-
-    :cvar ConfigField[bool] mongo_create_indexes:
-        Create missing indexes lazily, once per process and collection (default True).
-        Turn off where operators run ``pynenc-mongo-setup-indexes``.
-    :cvar ConfigField[str] mongo_history_write_mode:
-        ``auto`` (default: asynchronous on pynenc 0.2.x, synchronous on 0.4.x, each
-        version's contract), ``async`` or ``sync``.
-    :cvar ConfigField[int] mongo_max_pending_writes:
-        Cap on asynchronous history records in flight; callers block past it. Default 10000.
-    :cvar ConfigField[int] mongo_inline_value_max_bytes:
-        Results, exceptions, arguments and workflow-data values up to this many bytes
-        (UTF-8) are stored inline; larger ones are compressed and split into pieces.
-        Default 1048576 (1 MiB), at most 8388608 (8 MiB).
-    :cvar ConfigField[float] mongo_retention_days:
-        Days after an invocation's final history record after which MongoDB's TTL
-        monitor deletes its documents. 0 (default) keeps everything; at most 36500.
-    :cvar ConfigField[int] mongo_invocation_cache_size:
-        How many invocations' (immutable) DTOs each process keeps in memory. Default 10000.
-    """
-
     mongo_create_indexes = ConfigField(True, _bool_mapper("mongo_create_indexes"))
-    mongo_history_write_mode = ConfigField(
-        "auto", _choice_mapper("mongo_history_write_mode", HISTORY_WRITE_MODES)
-    )
-    mongo_max_pending_writes = ConfigField(
-        10_000, _number_mapper("mongo_max_pending_writes", int, 1, "records")
-    )
     mongo_inline_value_max_bytes = ConfigField(
         1_048_576,
         _number_mapper(
@@ -273,6 +253,26 @@ class ConfigStateBackendMongo(ConfigStateBackend, ConfigMongo):
     )
     mongo_retention_days = ConfigField(
         0.0, _number_mapper("mongo_retention_days", float, 0.0, "days", MAX_RETENTION_DAYS)
+    )
+
+
+class ConfigStateBackendMongo(ConfigStateBackend, ConfigMongo):
+    """State-backend settings: :class:`ConfigMongo` plus the backend's own.
+
+    :cvar ConfigField[str] mongo_history_write_mode:
+        ``auto`` (default: asynchronous on pynenc 0.2.x, synchronous on 0.4.x, each
+        version's contract), ``async`` or ``sync``.
+    :cvar ConfigField[int] mongo_max_pending_writes:
+        Cap on asynchronous history records in flight; callers block past it. Default 10000.
+    :cvar ConfigField[int] mongo_invocation_cache_size:
+        How many invocations' (immutable) DTOs each process keeps in memory. Default 10000.
+    """
+
+    mongo_history_write_mode = ConfigField(
+        "auto", _choice_mapper("mongo_history_write_mode", HISTORY_WRITE_MODES)
+    )
+    mongo_max_pending_writes = ConfigField(
+        10_000, _number_mapper("mongo_max_pending_writes", int, 1, "records")
     )
     mongo_invocation_cache_size = ConfigField(
         10_000, _number_mapper("mongo_invocation_cache_size", int, 0, "invocations")

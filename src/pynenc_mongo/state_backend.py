@@ -40,14 +40,12 @@ import re
 import threading
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import bson
 from bson import ObjectId
 from cachetools import LRUCache
-from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 from pynenc.invocation.status import InvocationStatus
@@ -55,23 +53,19 @@ from pynenc.state_backend.base_state_backend import BaseStateBackend, Invocation
 
 from pynenc_mongo import aio, schema, values
 from pynenc_mongo.async_writes import HistoryWriter, make_history_writer
-from pynenc_mongo.client import get_database
 from pynenc_mongo.config import (
     ConfigStateBackendMongo,
     check_unknown_settings,
     describe,
-    effective_database,
 )
 from pynenc_mongo.errors import (
     MAX_DOCUMENT_BYTES,
     MongoLimitError,
-    is_document_too_large,
     is_transient,
     translate,
     translate_errors,
     with_retry,
 )
-from pynenc_mongo.indexes import ensure_collection_indexes
 from pynenc_mongo.operations import (
     find_all,
     insert_if_absent,
@@ -79,6 +73,13 @@ from pynenc_mongo.operations import (
     upsert_retrying_duplicate,
 )
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
+from pynenc_mongo.store import (
+    STALE_READ_ATTEMPTS,
+    MongoStore,
+    at_path,
+    check_document_size,
+    is_expired,
+)
 from pynenc_mongo.urls import SCHEMES, MongoUrlError, strip_password
 
 if TYPE_CHECKING:
@@ -98,8 +99,6 @@ logger = logging.getLogger("pynenc_mongo")
 #: Workflow-data values share one document per workflow, so they are inlined
 #: only up to this many bytes (at most ``mongo_inline_value_max_bytes``).
 WORKFLOW_INLINE_MAX_BYTES = 64 * 1024
-#: Re-reads of a large value whose pieces were replaced while reading.
-STALE_READ_ATTEMPTS = 5
 #: Bytes of inline argument values one invocation document may hold; beyond it
 #: the largest arguments go to pieces, so the document stays far below 16 MiB.
 INVOCATION_ARGUMENTS_BUDGET_BYTES = 8 * 1024 * 1024
@@ -118,14 +117,6 @@ _SECRET_KEY = re.compile(
 )
 
 DTOPair = tuple["InvocationDTO", "CallDTO"]
-
-
-def _at_path(doc: dict[str, Any] | None, path: str) -> Any:
-    """The value at dotted ``path`` of ``doc``, or None."""
-    value: Any = doc
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 class MongoStateBackend(BaseStateBackend[Any, Any]):
@@ -147,8 +138,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         if not isinstance(app.app_id, str):
             raise TypeError(f"app_id: expected a str, got {type(app.app_id).__name__}")
         self._app_id: str = app.app_id
-        self._names = schema.CollectionNames(conf.mongo_collection_prefix)
-        self._database_name = effective_database(conf)
+        self._store = MongoStore(conf, app.app_id, before_operation=self._before_operation)
         self._dto_cache: LRUCache[str, DTOPair] = LRUCache(
             maxsize=max(conf.mongo_invocation_cache_size, 1)
         )
@@ -190,32 +180,29 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def __repr__(self) -> str:
         return f"<MongoStateBackend app_id={self._app_id!r} {self.describe_target()}>"
 
-    def _collection(self, logical: str) -> Collection[dict[str, Any]]:
-        """The physical collection for ``logical``, with its indexes ensured.
-
-        Also stores the app info first if an earlier attempt failed (the server
-        was unreachable when pynenc created the backend): see :meth:`store_app_info`.
-        """
+    def _before_operation(self) -> None:
+        """Run before every MongoDB operation (:class:`~pynenc_mongo.store.MongoStore`'s hook):
+        store the app info if an earlier attempt failed (the server was unreachable when
+        pynenc created the backend, see :meth:`store_app_info`), then this thread's
+        deferred inserts."""
         if self._pending_app_info is not None and not getattr(self._local, "storing", False):
             self._store_pending_app_info()
         if self._deferred.get(threading.get_ident()):  # this thread's deferred inserts first
             self._flush_deferred()
-        return self._physical_collection(logical)
+
+    @property
+    def store(self) -> MongoStore:
+        """The per-app store this backend reads and writes through."""
+        return self._store
+
+    def _collection(self, logical: str) -> Collection[dict[str, Any]]:
+        """The physical collection for ``logical``, with its indexes ensured (after the
+        deferred work of :meth:`_before_operation`)."""
+        return self._store.collection(logical)
 
     def _physical_collection(self, logical: str) -> Collection[dict[str, Any]]:
         """:meth:`_collection` without the deferred writes that precede an operation."""
-        conf = self.conf
-        db = get_database(
-            conf.mongo_url, self._database_name, conf.mongo_server_selection_timeout_seconds
-        )
-        collection = db[self._names[logical]]
-        ensure_collection_indexes(
-            collection,
-            logical,
-            create=conf.mongo_create_indexes,
-            retention=conf.mongo_retention_days > 0,
-        )
-        return collection
+        return self._store.physical_collection(logical)
 
     @property
     def history_writer(self) -> HistoryWriter:
@@ -235,12 +222,12 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
 
     def collection_name(self, logical: str) -> str:
         """The physical name of a logical collection (prefix applied)."""
-        return self._names[logical]
+        return self._store.collection_name(logical)
 
     @property
     def database_name(self) -> str:
         """The database this backend uses (``mongo_database``, URL path or ``pynenc``)."""
-        return self._database_name
+        return self._store.database_name
 
     @property
     def app_id(self) -> str:
@@ -261,104 +248,39 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
     def purge(self) -> None:
         """Delete every document of this app (and only this app) in every collection."""
         self.wait_for_all_async_operations()
-        for logical in schema.ALL_COLLECTIONS:
-            with_retry(self._collection(logical).delete_many, {F_APP: self._app_id})
+        self._store.purge(schema.STATE_COLLECTIONS)
         with self._cache_lock:
             self._dto_cache.clear()
         self._runner_context_cache.clear()
 
     # ------------------------------------------------------------------ values
+    # Large values live in the store layer (shared with every component).
     def _prepare_value(
         self, owner: str, text: str, limit: int | None = None, force_pieces: bool = False
     ) -> values.PreparedValue:
-        """Prepare ``text`` for storing and insert its pieces, if any (before any pointer)."""
-        prepared = self._prepare_only(owner, text, limit, force_pieces)
-        if prepared.pieces:
-            self._insert_pieces(prepared.pieces)
-        return prepared
+        return self._store.prepare_value(owner, text, limit, force_pieces)
 
     def _prepare_only(
         self, owner: str, text: str, limit: int | None = None, force_pieces: bool = False
     ) -> values.PreparedValue:
-        """Decide inline or pieces for ``text`` (nothing written)."""
-        inline_max = self.conf.mongo_inline_value_max_bytes
-        return values.prepare(
-            self._app_id,
-            owner,
-            text,
-            min(inline_max, limit) if limit else inline_max,
-            force_pieces=force_pieces,
-        )
+        return self._store.prepare_only(owner, text, limit, force_pieces)
 
     def _insert_pieces(self, pieces: list[dict[str, Any]]) -> None:
-        """Insert ``value_pieces`` documents (idempotent: unique ``(value_id, n)``)."""
-        if pieces:
-            with_retry(insert_if_absent, self._collection(schema.VALUE_PIECES), pieces)
+        self._store.insert_pieces(pieces)
 
     def _delete_pieces(self, stored: Any) -> None:
-        """Delete the pieces of a stored reference (nothing for inline values)."""
-        self._delete_value_ids([values.reference_id(stored)])
+        self._store.delete_pieces(stored)
 
     def _delete_value_ids(self, value_ids: list[str | None]) -> None:
-        """Delete the pieces of these values (``None`` entries are skipped)."""
-        ids = sorted({v for v in value_ids if v is not None})
-        if ids:
-            with_retry(
-                self._collection(schema.VALUE_PIECES).delete_many,
-                {F_APP: self._app_id, "value_id": {"$in": ids}},
-            )
+        self._store.delete_value_ids(value_ids)
 
     def _load_value(self, stored: Any) -> str:
-        """The text of a stored value: inline, or assembled from its pieces.
+        return self._store.load_value(stored)
 
-        :raises pynenc_mongo.values.StaleValueError: pieces missing (replaced meanwhile).
-        """
-        if isinstance(stored, str):
-            return stored
-        pieces = find_all(
-            self._collection(schema.VALUE_PIECES),
-            {F_APP: self._app_id, "value_id": stored["value_id"]},
-            None,
-            [("n", 1)],
-        )
-        return values.assemble(stored, pieces)
-
-    @staticmethod
-    def _expired(doc: dict[str, Any] | None) -> bool:
-        """True if ``doc`` carries an ``expire_at`` in the past (the TTL monitor is
-        deleting it and its pieces, in no particular order)."""
-        expire_at = (doc or {}).get(schema.F_EXPIRE)
-        if not isinstance(expire_at, datetime):
-            return False
-        if expire_at.tzinfo is None:
-            expire_at = expire_at.replace(tzinfo=UTC)
-        return expire_at <= datetime.now(UTC)
+    _expired = staticmethod(is_expired)
 
     def _read_value(self, logical: str, filter_: dict[str, Any], path: str) -> tuple[bool, str]:
-        """Read the value at ``path`` of the document matching ``filter_``.
-
-        :return: ``(found, text)``; re-reads when large-value pieces were replaced
-            concurrently (see :mod:`pynenc_mongo.values`). A value whose document
-            has expired (retention) and whose pieces are already gone is not found.
-        :raises pynenc_mongo.values.StaleValueError: if pieces stay missing.
-        """
-        for attempt in range(STALE_READ_ATTEMPTS):
-            doc = with_retry(
-                self._collection(logical).find_one,
-                filter_,
-                {path: 1, schema.F_EXPIRE: 1, "_id": 0},
-            )
-            stored = _at_path(doc, path)
-            if stored is None:
-                return False, ""
-            try:
-                return True, self._load_value(stored)
-            except values.StaleValueError:
-                if self._expired(doc):
-                    return False, ""
-                if attempt == STALE_READ_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._store.read_value(logical, filter_, path)
 
     def _write_value(
         self,
@@ -369,73 +291,9 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         text: str,
         limit: int | None = None,
     ) -> None:
-        """Point ``path`` of the (upserted) document at ``text``.
+        self._store.write_value(logical, filter_, path, owner, text, limit)
 
-        New pieces are inserted before the pointer switches; the pieces of the
-        value it replaced are deleted after, so readers see the old or the new
-        value, never a mix. If the document has no room left for the value
-        inline (MongoDB's 16 MiB limit: workflow data grows with every key), the
-        value is stored as pieces instead.
-
-        :raises pynenc_mongo.errors.MongoLimitError: if even a reference does not fit.
-        """
-        prepared = self._prepare_value(owner, text, limit)
-        try:
-            before = self._switch_pointer(logical, filter_, path, prepared)
-        except PyMongoError as exc:
-            if not is_document_too_large(exc):
-                if not is_transient(exc):  # surely not applied: the new pieces are unused
-                    self._delete_pieces(prepared.stored)
-                raise
-            if prepared.pieces:
-                self._delete_pieces(prepared.stored)
-                raise
-            logger.debug("document full at %s: storing the value as pieces", path[:80])
-            prepared = self._prepare_value(owner, text, limit, force_pieces=True)
-            try:
-                before = self._switch_pointer(logical, filter_, path, prepared)
-            except PyMongoError:
-                self._delete_pieces(prepared.stored)
-                raise
-        old = _at_path(before, path)
-        if values.reference_id(old) not in (None, values.reference_id(prepared.stored)):
-            self._delete_pieces(old)
-
-    def _switch_pointer(
-        self,
-        logical: str,
-        filter_: dict[str, Any],
-        path: str,
-        prepared: values.PreparedValue,
-    ) -> dict[str, Any] | None:
-        """``$set`` ``path`` to the prepared value (upsert); return the document before."""
-        before: dict[str, Any] | None = upsert_retrying_duplicate(
-            self._collection(logical).find_one_and_update,
-            filter_,
-            {"$set": {path: prepared.stored}},
-            projection={path: 1, "_id": 0},
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
-        )
-        return before
-
-    def _check_size(self, doc: dict[str, Any], what: str) -> None:
-        """Refuse ``doc`` clearly when it passes MongoDB's 16 MiB document limit.
-
-        :raises pynenc_mongo.errors.MongoLimitError: naming ``what`` and the limit.
-        """
-        try:
-            size = len(bson.encode(doc))
-        except UnicodeEncodeError as exc:
-            raise MongoLimitError(
-                f"{what} holds text that is not valid UTF-8 ({exc.reason}: "
-                f"{exc.object[exc.start : exc.end]!r}); MongoDB stores only UTF-8 strings"
-            ) from None
-        if size > MAX_DOCUMENT_BYTES:
-            raise MongoLimitError(
-                f"{what} needs a document of {size} bytes, more than MongoDB's limit of "
-                f"{MAX_DOCUMENT_BYTES} bytes (16 MiB); shorten the identifiers or names in it"
-            )
+    _check_size = staticmethod(check_document_size)
 
     # ------------------------------------------------------------------ invocations
     @translate_errors
@@ -1277,11 +1135,11 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             self._collection(logical)  # first use: ensures indexes (on the loop thread)
             client = aio.loop_thread().client(
                 conf.mongo_url,
-                self._database_name,
+                self._store.database_name,
                 conf.mongo_async_driver,
                 conf.mongo_server_selection_timeout_seconds,
             )
-            collection = client[self._database_name][self._names[logical]]
+            collection = client[self._store.database_name][self._store.collection_name(logical)]
             if one:
                 return await collection.find_one(filter_, projection)
             cursor = collection.find(filter_, projection)
@@ -1315,7 +1173,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             doc = await self._aquery(
                 logical, filter_, {path: 1, schema.F_EXPIRE: 1, "_id": 0}, one=True
             )
-            stored = _at_path(doc, path)
+            stored = at_path(doc, path)
             if stored is None:
                 return False, ""
             try:

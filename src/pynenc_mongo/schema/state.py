@@ -1,4 +1,4 @@
-"""The storage layout: collection names, document shapes, indexes, DTO mapping.
+"""The state backend's storage layout: collections, document shapes, indexes, DTO mapping.
 
 Open this module to see everything pynenc-mongo keeps in MongoDB. Every document
 carries ``app_id``: two pynenc apps sharing a database never see, overwrite or
@@ -54,13 +54,13 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from bson import ObjectId
 from bson.int64 import Int64
+
+from pynenc_mongo.schema.layout import F_APP, IndexSpec, from_us, to_us, ttl_index
 
 if TYPE_CHECKING:
     from pynenc.app_info import AppInfo
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from pynenc.state_backend.base_state_backend import InvocationHistory
     from pynenc.workflow.workflow_identity import WorkflowIdentity
 
-# Logical collection names (the prefix is added by :class:`CollectionNames`).
+# Logical collection names (the prefix is added by :class:`~pynenc_mongo.schema.CollectionNames`).
 INVOCATIONS: Final = "invocations"
 HISTORY: Final = "history"
 RESULTS: Final = "results"
@@ -82,7 +82,9 @@ WORKFLOW_SUB_INVOCATIONS: Final = "workflow_sub_invocations"
 WORKFLOW_DATA: Final = "workflow_data"
 VALUE_PIECES: Final = "value_pieces"
 
-ALL_COLLECTIONS: Final = (
+#: The state backend's collections (the catalogue, :mod:`pynenc_mongo.schema`, joins
+#: them with the other components').
+COLLECTIONS: Final = (
     INVOCATIONS,
     HISTORY,
     RESULTS,
@@ -108,7 +110,6 @@ RETENTION_COLLECTIONS: Final = (
 )
 
 # Field paths used in queries (kept here so indexes and queries agree).
-F_APP: Final = "app_id"
 F_INV: Final = "invocation_id"
 F_PARENT: Final = "invocation.parent_invocation_id"
 F_PARENT_EVENT: Final = "invocation.parent_event_id"
@@ -116,155 +117,6 @@ F_WF_ID: Final = "invocation.workflow.workflow_id"
 F_WF_TYPE: Final = "invocation.workflow.workflow_type.key"
 F_TASK: Final = "invocation.call_id.task_id.key"
 F_TS_US: Final = "ts_us"
-F_EXPIRE: Final = "expire_at"
-
-
-#: Index options that change what an index does, compared by :meth:`IndexSpec.differences`
-#: (MongoDB manual, "Index Properties"); others (``v``, ``background``, ``ns``) are ignored.
-COMPARED_INDEX_OPTIONS: Final = (
-    "unique",
-    "sparse",
-    "expireAfterSeconds",
-    "partialFilterExpression",
-    "hidden",
-    "collation",
-)
-#: Name of the index MongoDB creates on ``_id`` in every collection.
-ID_INDEX_NAME: Final = "_id_"
-
-
-def _direction(value: Any) -> int | str:
-    """Normalize a key direction from ``listIndexes`` (``1``, ``1.0``, ``Int64(1)``,
-    ``"text"``...) to an ``int`` when it is a number, else keep the string."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float) and float(value).is_integer():
-        return int(value)
-    return str(value)
-
-
-def key_pairs(info: Mapping[str, Any]) -> tuple[tuple[str, int | str], ...]:
-    """The ``key`` of a ``listIndexes`` entry as ``((field, direction), ...)`` in order.
-
-    :param Mapping info: one document of ``Collection.list_indexes()`` (its ``key``
-        is a document or a list of pairs, as PyMongo and mongomock return it).
-    :return: the normalized key pattern.
-    """
-    key = info.get("key") or {}
-    items = key.items() if isinstance(key, Mapping) else key
-    return tuple((str(name), _direction(direction)) for name, direction in items)
-
-
-def format_keys(keys: Iterable[tuple[str, Any]]) -> str:
-    """``((a, 1), (b, -1))`` -> ``"{a: 1, b: -1}"`` (the mongosh spelling, for messages)."""
-    return "{" + ", ".join(f"{name}: {direction}" for name, direction in keys) + "}"
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """One index the backend needs.
-
-    :ivar str collection: logical collection name (without prefix).
-    :ivar tuple keys: ``((field, 1 | -1), ...)`` in index order.
-    :ivar str name: the index name created in MongoDB.
-    :ivar bool unique: a unique index.
-    :ivar int | None expire_after_seconds: set for TTL indexes (MongoDB manual,
-        "TTL Indexes"); ``0`` means "expire at the date in the field".
-    :ivar bool retention_only: created only when ``mongo_retention_days`` > 0.
-    """
-
-    collection: str
-    keys: tuple[tuple[str, int], ...]
-    name: str
-    unique: bool = False
-    expire_after_seconds: int | None = None
-    retention_only: bool = False
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The indexed field paths, in index order."""
-        return tuple(name for name, _direction in self.keys)
-
-    def options(self) -> dict[str, Any]:
-        """Keyword options for ``Collection.create_index`` (besides the keys)."""
-        opts: dict[str, Any] = {"name": self.name}
-        if self.unique:
-            opts["unique"] = True
-        if self.expire_after_seconds is not None:
-            opts["expireAfterSeconds"] = self.expire_after_seconds
-        return opts
-
-    def describe(self) -> str:
-        """Keys and options as a short text, e.g. ``{app_id: 1, invocation_id: 1} unique``."""
-        text = format_keys(self.keys)
-        if self.unique:
-            text += " unique"
-        if self.expire_after_seconds is not None:
-            text += f" TTL (expireAfterSeconds: {self.expire_after_seconds})"
-        return text
-
-    def same_keys(self, info: Mapping[str, Any]) -> bool:
-        """True when the ``listIndexes`` entry ``info`` has exactly this key pattern."""
-        return key_pairs(info) == tuple((name, _direction(d)) for name, d in self.keys)
-
-    def expected_options(
-        self, collection_collation: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The value of each of :data:`COMPARED_INDEX_OPTIONS` an index built from this
-        spec has: options not set are ``False``/``None``, and ``collation`` is the
-        collection's default collation (an index created without one inherits it;
-        MongoDB manual, "Collation").
-
-        :param Mapping | None collection_collation: the collection's default collation
-            as ``listCollections`` reports it, or None.
-        :return: ``{option: value}`` for every compared option.
-        """
-        return {
-            "unique": self.unique,
-            "sparse": False,
-            "expireAfterSeconds": self.expire_after_seconds,
-            "partialFilterExpression": None,
-            "hidden": False,
-            "collation": dict(collection_collation) if collection_collation else None,
-        }
-
-    def differences(
-        self, info: Mapping[str, Any], collection_collation: Mapping[str, Any] | None = None
-    ) -> list[str]:
-        """How an existing index differs from this definition, one text per difference.
-
-        :param Mapping info: one document of ``Collection.list_indexes()``.
-        :param Mapping | None collection_collation: see :meth:`expected_options`.
-        :return: e.g. ``["keys: expected {a: 1}, found {b: 1}", "unique: expected
-            True, found False"]``; empty when the index is what this spec defines
-            (the name is not compared).
-        """
-        found_keys = key_pairs(info)
-        out = []
-        if not self.same_keys(info):
-            out.append(f"keys: expected {format_keys(self.keys)}, found {format_keys(found_keys)}")
-        for option, expected in self.expected_options(collection_collation).items():
-            found = info.get(option)
-            if option in ("unique", "sparse", "hidden"):
-                found = bool(found)
-            elif option == "expireAfterSeconds" and found is not None:
-                found = _direction(found)
-            elif isinstance(found, Mapping):
-                found = dict(found)
-            if found != expected:
-                out.append(f"{option}: expected {expected!r}, found {found!r}")
-        return out
-
-
-def _ttl(collection: str) -> IndexSpec:
-    """The TTL index of ``collection``: documents go once their ``expire_at`` passes."""
-    return IndexSpec(
-        collection,
-        ((F_EXPIRE, 1),),
-        f"{collection}_ttl",
-        expire_after_seconds=0,
-        retention_only=True,
-    )
 
 
 #: Every index the backend needs; every query it issues is served by one of these
@@ -301,80 +153,8 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True
     ),
     IndexSpec(VALUE_PIECES, ((F_APP, 1), ("owner", 1)), "app_owner"),
-    *(_ttl(c) for c in RETENTION_COLLECTIONS),
+    *(ttl_index(c) for c in RETENTION_COLLECTIONS),
 )
-
-
-def indexes_for(collection: str, retention: bool) -> list[IndexSpec]:
-    """The indexes of one logical collection.
-
-    :param str collection: logical collection name.
-    :param bool retention: include the TTL indexes used by ``mongo_retention_days``.
-    :return: list of :class:`IndexSpec`.
-    """
-    return [
-        spec
-        for spec in INDEXES
-        if spec.collection == collection and (retention or not spec.retention_only)
-    ]
-
-
-def layout_prefixes(collection_names: Iterable[str]) -> list[str]:
-    """The collection prefixes that hold a pynenc-mongo layout in a database.
-
-    A prefix counts when ``<prefix>app_infos`` exists, or both ``<prefix>invocations``
-    and ``<prefix>history`` do (an app that never stored its app info).
-
-    :param Iterable[str] collection_names: the database's collection names
-        (``Database.list_collection_names()``).
-    :return: the prefixes, sorted.
-    """
-    names = set(collection_names)
-    found = set()
-    for name in names:
-        if name.endswith(APP_INFOS):
-            found.add(name[: -len(APP_INFOS)])
-        elif name.endswith(INVOCATIONS):
-            prefix = name[: -len(INVOCATIONS)]
-            if prefix + HISTORY in names:
-                found.add(prefix)
-    return sorted(found)
-
-
-@dataclass(frozen=True)
-class CollectionNames:
-    """Physical collection names for one ``mongo_collection_prefix``."""
-
-    prefix: str = "pynenc_"
-    names: dict[str, str] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        self.names.update({c: f"{self.prefix}{c}" for c in ALL_COLLECTIONS})
-
-    def __getitem__(self, logical: str) -> str:
-        return self.names[logical]
-
-
-# ---------------------------------------------------------------------------
-# Time
-# ---------------------------------------------------------------------------
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_us(moment: datetime) -> int:
-    """Microseconds since the Unix epoch, exact (no float rounding).
-
-    Naive datetimes are taken as UTC (pynenc's timestamps are UTC-aware).
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(micros: int) -> datetime:
-    """Inverse of :func:`to_us`: a UTC-aware datetime."""
-    return _EPOCH + timedelta(microseconds=int(micros))
 
 
 # ---------------------------------------------------------------------------
@@ -736,3 +516,46 @@ def app_info_from(doc: dict[str, Any]) -> AppInfo:
         module_filepath=info.get("module_filepath"),
         app_variable=info.get("app_variable"),
     )
+
+
+#: Re-exported by the catalogue (:mod:`pynenc_mongo.schema`) as before the split.
+__all__ = [
+    "APP_INFOS",
+    "EXCEPTIONS",
+    "F_INV",
+    "F_PARENT",
+    "F_PARENT_EVENT",
+    "F_TASK",
+    "F_TS_US",
+    "F_WF_ID",
+    "F_WF_TYPE",
+    "HISTORY",
+    "INVOCATIONS",
+    "INVOCATION_OWNED",
+    "RESULTS",
+    "RETENTION_COLLECTIONS",
+    "RUNNER_CONTEXTS",
+    "VALUE_PIECES",
+    "WORKFLOW_DATA",
+    "WORKFLOW_RUNS",
+    "WORKFLOW_SUB_INVOCATIONS",
+    "app_info_doc",
+    "app_info_from",
+    "call_id_doc",
+    "call_id_from",
+    "decode_config_value",
+    "decode_data_key",
+    "encode_config_value",
+    "encode_data_key",
+    "history_doc",
+    "history_from",
+    "invocation_doc",
+    "invocation_dto_from",
+    "runner_context_doc",
+    "task_id_doc",
+    "task_id_from",
+    "workflow_doc",
+    "workflow_from",
+    "workflow_run_doc",
+    "workflow_run_from",
+]
