@@ -46,3 +46,49 @@ ensure_venv() {
         echo "$want" > "$stamp"
     fi
 }
+
+#: mongoeco release the wire test server was measured with (shared/reference/wire-test-server.md).
+MONGOECO_SPEC="mongoeco[wire]==4.11.0"
+
+# find_python313: print a Python >= 3.13 (mongoeco's requirement), or return 1.
+find_python313() {
+    local candidates=()
+    [ -n "${PYNENC_MONGO_WIRE_PYTHON:-}" ] && candidates+=("$PYNENC_MONGO_WIRE_PYTHON")
+    candidates+=(python3.14 python3.13 python3 python)
+    if command -v pyenv >/dev/null 2>&1; then
+        local root; root="$(pyenv root)"
+        for v in $(ls -1 "$root/versions" 2>/dev/null | sort -rV); do
+            candidates+=("$root/versions/$v/bin/python3")
+        done
+    fi
+    for c in "${candidates[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 &&
+           "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)' 2>/dev/null; then
+            command -v "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ensure_wire_venv DIR: the wire test server's own venv (mongoeco); one line and
+# status 1 when no Python >= 3.13 exists here.
+ensure_wire_venv() {
+    local dir="$1"
+    local stamp="$dir/.pynenc-mongo-stamp"
+    if [ ! -x "$dir/bin/python" ]; then
+        local py
+        if ! py="$(find_python313)"; then
+            echo "wire test server unavailable: no Python >= 3.13 found (mongoeco needs it; set PYNENC_MONGO_WIRE_PYTHON)"
+            return 1
+        fi
+        echo "==> creating $dir with $("$py" --version)"
+        "$py" -m venv "$dir"
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$MONGOECO_SPEC" ]; then
+        echo "==> installing into $dir: $MONGOECO_SPEC"
+        "$dir/bin/python" -m pip install -q "$MONGOECO_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
+        "$dir/bin/python" -c "import mongoeco.wire" || return 1
+        echo "$MONGOECO_SPEC" > "$stamp"
+    fi
+}

@@ -16,6 +16,8 @@ import pytest
 from pynenc import Pynenc, PynencBuilder
 from run_settings import REAL_URL, RUN_DATABASE
 
+from wire_support import WireServer, WireServerUnavailable, start_wire_server
+
 from pynenc_mongo import client as client_mod
 from pynenc_mongo.indexes import forget_ensured
 
@@ -90,3 +92,28 @@ def app_instance(make_app: Callable[..., Pynenc]) -> Pynenc:
 def backend(app_instance: Pynenc) -> Any:
     """The ``MongoStateBackend`` of ``app_instance``."""
     return app_instance.state_backend
+
+
+@pytest.fixture(scope="session")
+def wire_server() -> Generator[WireServer, None, None]:
+    """The local wire-protocol test server (``scripts/wire_server``), started once per
+    run and stopped at the end; skips (with the launcher's one-line reason) where it
+    cannot start (no Python >= 3.13)."""
+    try:
+        server = start_wire_server()
+    except WireServerUnavailable as exc:
+        pytest.skip(f"wire test server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A server that many processes can share: ``PYNENC_MONGO_TEST_URL`` when set (a
+    real server), else the local wire test server."""
+    if REAL_URL:
+        return REAL_URL
+    server: WireServer = request.getfixturevalue("wire_server")
+    return server.url
