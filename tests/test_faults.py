@@ -37,6 +37,7 @@ from pynenc_mongo.errors import (
     MongoUnavailableError,
 )
 from pynenc_mongo.state_backend import MongoStateBackend
+from pynenc_mongo.store import MongoStore
 
 make_raw_app = raw_app_fixture()
 PASSWORD = "KNOWNPASS"
@@ -260,14 +261,14 @@ def test_app_info_is_stored_once_the_server_is_back(make_app: Any, monkeypatch: 
     """pynenc stores the app info when it creates the backend; if the server is
     down then, the next operation that reaches it stores it."""
     down = {"on": True}
-    original = MongoStateBackend._collection
+    original = MongoStore.collection
 
-    def maybe_down(self: MongoStateBackend, logical: str) -> Any:
+    def maybe_down(self: MongoStore, logical: str) -> Any:
         if down["on"]:
             raise ServerSelectionTimeoutError("127.0.0.1:1: [Errno 111] Connection refused")
         return original(self, logical)
 
-    monkeypatch.setattr(MongoStateBackend, "_collection", maybe_down)
+    monkeypatch.setattr(MongoStore, "collection", maybe_down)
     app = make_app()
     with pytest.raises(MongoUnavailableError, match="not reachable"):
         _ = app.state_backend

@@ -54,7 +54,9 @@ from pynenc_mongo.errors import AsyncOperationError, retry_policy
 from pynenc_mongo.operations import DUPLICATE_KEY, only_duplicates
 
 if TYPE_CHECKING:
-    from pynenc_mongo.state_backend import MongoStateBackend
+    from pymongo.collection import Collection
+
+    from pynenc_mongo.config import ConfigStateBackendMongo
 
 logger = logging.getLogger("pynenc_mongo")
 
@@ -70,6 +72,28 @@ MAX_REMEMBERED_FAILURES = 10_000
 
 #: A coroutine function inserting a batch: ``await insert(docs)``.
 InsertBatch = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+class HistoryTarget(Protocol):
+    """What a history writer needs from its owner (the state backend's history part,
+    :class:`pynenc_mongo.state_backend.history.History`; this module never imports it)."""
+
+    @property
+    def conf(self) -> ConfigStateBackendMongo:
+        """The settings: write mode, pending-write cap, async driver, URL, timeouts."""
+
+    @property
+    def database_name(self) -> str:
+        """The database the history collection is in."""
+
+    def collection(self, logical: str) -> Collection[dict[str, Any]]:
+        """A physical collection, its indexes ensured."""
+
+    def collection_name(self, logical: str) -> str:
+        """The physical name of a logical collection."""
+
+    def write_history_now(self, docs: list[dict[str, Any]]) -> None:
+        """Insert history documents now (idempotent)."""
 
 
 class HistoryWriter(Protocol):
@@ -103,7 +127,7 @@ def pynenc_writes_history_async() -> bool:
 class SyncHistoryWriter:
     """Writes each batch before returning (pynenc 0.4's contract)."""
 
-    def __init__(self, backend: MongoStateBackend) -> None:
+    def __init__(self, backend: HistoryTarget) -> None:
         self._backend = backend
         self._pid = os.getpid()
 
@@ -132,13 +156,13 @@ class SyncHistoryWriter:
 class AsyncHistoryWriter:
     """Asynchronous, batched, tracked history writes (see the module docstring).
 
-    :param MongoStateBackend backend: the owning backend (settings, collection names).
+    :param HistoryTarget backend: the owner (settings, collection names).
     :param InsertBatch | None insert: replaces the MongoDB insert (tests inject
         failing fakes here); by default an idempotent unordered ``insert_many`` on
         the loop's asynchronous client.
     """
 
-    def __init__(self, backend: MongoStateBackend, insert: InsertBatch | None = None) -> None:
+    def __init__(self, backend: HistoryTarget, insert: InsertBatch | None = None) -> None:
         conf = backend.conf
         self._pid = os.getpid()
         self._cap = conf.mongo_max_pending_writes
@@ -355,7 +379,7 @@ def flush_all_writers() -> None:
             writer.close()
 
 
-def make_history_writer(backend: MongoStateBackend) -> HistoryWriter:
+def make_history_writer(backend: HistoryTarget) -> HistoryWriter:
     """Build the writer that ``mongo_history_write_mode`` selects (see module docstring)."""
     mode = backend.conf.mongo_history_write_mode
     if mode == "async" or (mode == "auto" and pynenc_writes_history_async()):

@@ -24,7 +24,7 @@ of one MongoDB operation (``find_one_and_update``, a unique-index insert).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ import bson
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from pynenc_mongo import schema, values
 from pynenc_mongo.client import get_database
@@ -45,13 +45,15 @@ from pynenc_mongo.errors import (
     with_retry,
 )
 from pynenc_mongo.indexes import ensure_collection_indexes
-from pynenc_mongo.operations import find_all, insert_if_absent, upsert_retrying_duplicate
+from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.schema import F_APP
 
 logger = logging.getLogger("pynenc_mongo")
 
 #: Re-reads of a large value whose pieces were replaced while reading.
 STALE_READ_ATTEMPTS = 5
+#: Attempts of an upsert that lost a duplicate-key race (see :meth:`MongoStore.upsert`).
+UPSERT_ATTEMPTS = 3
 
 
 def at_path(doc: dict[str, Any] | None, path: str) -> Any:
@@ -184,6 +186,54 @@ class MongoStore:
         """
         return with_retry(func, *args, **kwargs)
 
+    def find_all(
+        self,
+        collection: Collection[dict[str, Any]],
+        filter_: dict[str, Any],
+        projection: dict[str, Any] | None = None,
+        sort: Sequence[tuple[str, int]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every document of ``collection`` matching ``filter_``, read under :meth:`retry`.
+
+        Each attempt opens a new cursor (a PyMongo cursor that lost its connection is
+        dead: re-reading it would return a partial result), as
+        :func:`pynenc_mongo.operations.find_all` does.
+
+        :param Collection collection: from :meth:`collection` or :meth:`physical_collection`.
+        :param dict filter_: the query (starts with :meth:`app_filter`).
+        :param dict | None projection: fields to return.
+        :param sort: ``[(field, 1 | -1), ...]`` or None.
+        :return: the documents.
+        """
+
+        def read() -> list[dict[str, Any]]:
+            cursor = collection.find(filter_, projection)
+            if sort:
+                cursor = cursor.sort(list(sort))
+            return list(cursor)
+
+        return self.retry(read)
+
+    def upsert[T](self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an idempotent upsert under :meth:`retry`, a duplicate-key race retried too.
+
+        Two writers upserting the same new document at once can both try to insert
+        it; the loser gets ``DuplicateKeyError`` (MongoDB retries some of these cases
+        itself, mongomock never does). Running the upsert again then matches the
+        document the winner inserted (as :func:`pynenc_mongo.operations.upsert_retrying_duplicate`).
+
+        :param func: e.g. ``collection.update_one``; must be an upsert.
+        :return: what ``func`` returns.
+        :raises DuplicateKeyError: if the duplicate persists after three attempts.
+        """
+        for attempt in range(UPSERT_ATTEMPTS):
+            try:
+                return self.retry(func, *args, **kwargs)
+            except DuplicateKeyError:
+                if attempt == UPSERT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def purge(self, collections: Iterable[str]) -> None:
         """Delete every document of this app (and only this app) in ``collections``.
 
@@ -248,7 +298,7 @@ class MongoStore:
         """
         if isinstance(stored, str):
             return stored
-        pieces = find_all(
+        pieces = self.find_all(
             self.collection(schema.VALUE_PIECES),
             {F_APP: self.app_id, "value_id": stored["value_id"]},
             None,
@@ -330,7 +380,7 @@ class MongoStore:
         prepared: values.PreparedValue,
     ) -> dict[str, Any] | None:
         """``$set`` ``path`` to the prepared value (upsert); return the document before."""
-        before: dict[str, Any] | None = upsert_retrying_duplicate(
+        before: dict[str, Any] | None = self.upsert(
             self.collection(logical).find_one_and_update,
             filter_,
             {"$set": {path: prepared.stored}},
@@ -341,4 +391,11 @@ class MongoStore:
         return before
 
 
-__all__ = ["STALE_READ_ATTEMPTS", "MongoStore", "at_path", "check_document_size", "is_expired"]
+__all__ = [
+    "STALE_READ_ATTEMPTS",
+    "UPSERT_ATTEMPTS",
+    "MongoStore",
+    "at_path",
+    "check_document_size",
+    "is_expired",
+]
