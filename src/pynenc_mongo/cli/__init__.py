@@ -29,40 +29,47 @@ indexes left missing or in conflict; 2 bad usage or configuration; 3 server not
 reachable within the server selection timeout, or credentials refused; 4 not
 authorized for a needed action; 130 interrupted. Errors are one line on stderr,
 naming the host and never the password.
+
+The package: :mod:`.options` (exit statuses, arguments, settings, one-line
+messages), :mod:`.progress` (index build progress from ``$currentOp``), and here
+the run itself (:class:`Runner`, :func:`main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, TextIO
-from urllib.parse import unquote_plus
 
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
-from pynenc_mongo import __version__, schema
+from pynenc_mongo import schema
+from pynenc_mongo.cli.options import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    MAX_APPS_SHOWN,
+    PROG,
+    Fatal,
+    Mode,
+    Settings,
+    build_parser,
+    mongo_fatal,
+    one_line,
+    resolve_settings,
+)
+from pynenc_mongo.cli.progress import BuildProgress, describe_build_progress, run_with_progress
 from pynenc_mongo.client import get_database
-from pynenc_mongo.config import (
-    ConfigStateBackendMongo,
-    MongoConfigError,
-    effective_database,
-)
-from pynenc_mongo.errors import (
-    MongoAuthenticationError,
-    MongoUnavailableError,
-    translate,
-)
 from pynenc_mongo.indexes import (
-    SETUP_SCRIPT,
     UNAUTHORIZED,
     CollectionReport,
     IndexState,
@@ -70,403 +77,7 @@ from pynenc_mongo.indexes import (
     create_indexes,
     inspect_collection,
 )
-from pynenc_mongo.urls import SECRET_OPTIONS, MongoUrlError, redact_url
-
-PROG = SETUP_SCRIPT
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_UNAUTHORIZED = 4
-EXIT_INTERRUPTED = 130
-
-#: Seconds between two progress lines while MongoDB builds indexes.
-DEFAULT_PROGRESS_INTERVAL_SECONDS = 5.0
-#: Apps listed by name per prefix before "and N more".
-MAX_APPS_SHOWN = 20
-
-PRIVILEGES_HINT = (
-    "the script needs the listCollections, listIndexes, find and createIndex privilege "
-    "actions on the database (dropIndex with --drop-conflicting; the built-in readWrite "
-    "role has them all; --check and --dry-run need only the read role)"
-)
-
-
-class Mode(StrEnum):
-    """What the script does."""
-
-    CREATE = "create"
-    DRY_RUN = "dry-run"
-    CHECK = "check"
-
-
-class Fatal(Exception):
-    """Stop with a one-line message and an exit status.
-
-    :ivar int status: the process exit status.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# ---------------------------------------------------------------------------
-# Arguments and settings
-# ---------------------------------------------------------------------------
-def _seconds(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _non_empty(text: str) -> str:
-    """argparse type: a non-blank string."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a non-empty value, got {text!r}")
-    return text.strip()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (argparse; ``--help`` shows every option).
-
-    :return: an ``argparse.ArgumentParser`` whose namespace has ``url``,
-        ``database``, ``prefix``, ``config``, ``timeout`` (seconds), ``app_id``,
-        ``all_apps``, ``retention``, ``dry_run``, ``check``, ``drop_conflicting``
-        and ``progress_interval`` (seconds).
-    """
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=(
-            "Create (or plan, or check) the MongoDB indexes that pynenc-mongo needs. "
-            "Idempotent; drops nothing unless --drop-conflicting is given."
-        ),
-        epilog=(
-            "Exit status: 0 done or nothing to do; 1 check failed or indexes left missing "
-            "or in conflict; 2 bad usage or configuration; 3 server unreachable or "
-            "credentials refused; 4 not authorized. Settings not given here come from the "
-            "pynenc configuration (PYNENC__FILEPATH, pyproject.toml, PYNENC__MONGO_URL, ...)."
-        ),
-    )
-    conn = parser.add_argument_group("connection (default: the pynenc configuration)")
-    conn.add_argument("--url", help="MongoDB connection string (mongo_url)")
-    conn.add_argument("--database", help="database name (mongo_database)")
-    conn.add_argument("--prefix", help="collection name prefix (mongo_collection_prefix)")
-    conn.add_argument(
-        "--config", metavar="FILE", help="pynenc config file (YAML/TOML/JSON) to read settings from"
-    )
-    conn.add_argument(
-        "--timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="server selection timeout in seconds (mongo_server_selection_timeout_seconds)",
-    )
-    scope = parser.add_argument_group("scope").add_mutually_exclusive_group()
-    scope.add_argument(
-        "--app-id",
-        type=_non_empty,
-        help="report whether this app is stored (indexes are per collection: they serve every "
-        "app using the same collections)",
-    )
-    scope.add_argument(
-        "--all-apps",
-        action="store_true",
-        help="every collection prefix in the database that holds pynenc-mongo collections",
-    )
-    parser.add_argument(
-        "--retention",
-        action="store_true",
-        help="include the TTL indexes used by mongo_retention_days (included anyway when "
-        "the configuration sets mongo_retention_days > 0)",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
-    mode.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 listing the indexes missing or different (for CI/deploys)",
-    )
-    parser.add_argument(
-        "--drop-conflicting",
-        action="store_true",
-        help="drop an existing index that conflicts with a defined one (same name with another "
-        "definition, or the same keys under another name) and create the defined one",
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=_seconds,
-        default=DEFAULT_PROGRESS_INTERVAL_SECONDS,
-        metavar="SECONDS",
-        help="seconds between progress lines while MongoDB builds (default %(default)s)",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Where and how the script works.
-
-    :ivar str url: connection string (secret: print :attr:`where` instead).
-    :ivar str database: database name.
-    :ivar str prefix: configured collection prefix.
-    :ivar float timeout_seconds: server selection timeout, seconds.
-    :ivar bool retention: include the TTL indexes.
-    :ivar str retention_reason: why (or why not), for the output.
-    :ivar str url_source: where ``url`` came from (``--url``, ``default``, ...).
-    """
-
-    url: str
-    database: str
-    prefix: str
-    timeout_seconds: float
-    retention: bool
-    retention_reason: str
-    url_source: str
-
-    @property
-    def where(self) -> str:
-        """Redacted URL and database, for messages."""
-        return f"{redact_url(self.url)} database={self.database!r}"
-
-
-def resolve_settings(args: argparse.Namespace) -> Settings:
-    """Read the pynenc configuration, then apply the command-line overrides.
-
-    :param argparse.Namespace args: parsed by :func:`build_parser`.
-    :return: the :class:`Settings`.
-    :raises Fatal: (status 2) for a missing config file or a bad value, naming
-        the option or setting and the value (passwords redacted).
-    """
-    if args.config is not None and not os.path.isfile(args.config):
-        raise Fatal(EXIT_USAGE, f"--config {args.config!r}: no such file")
-    try:
-        conf = ConfigStateBackendMongo(config_filepath=args.config)
-    except MongoConfigError as exc:
-        raise Fatal(EXIT_USAGE, f"configuration: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise Fatal(EXIT_USAGE, f"cannot read the configuration: {exc}") from None
-    source = conf.field_info("mongo_url").source
-    overrides = (
-        ("--url", "mongo_url", args.url),
-        ("--database", "mongo_database", args.database),
-        ("--prefix", "mongo_collection_prefix", args.prefix),
-        ("--timeout", "mongo_server_selection_timeout_seconds", args.timeout),
-    )
-    for option, setting, value in overrides:
-        if value is None:
-            continue
-        try:
-            setattr(conf, setting, value)  # the setting's own validation (config.py)
-        except MongoConfigError as exc:
-            raise Fatal(EXIT_USAGE, f"{option}: {exc}") from None
-    if args.url is not None:
-        source = "--url"
-    if args.retention:
-        retention, reason = True, "included (--retention)"
-    elif conf.mongo_retention_days > 0:
-        retention = True
-        reason = f"included (mongo_retention_days is {conf.mongo_retention_days:g})"
-    else:
-        retention, reason = False, "not included: mongo_retention_days is 0 (--retention adds them)"
-    return Settings(
-        url=conf.mongo_url,
-        database=effective_database(conf),
-        prefix=conf.mongo_collection_prefix,
-        timeout_seconds=conf.mongo_server_selection_timeout_seconds,
-        retention=retention,
-        retention_reason=reason,
-        url_source=source,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Errors: one line, host named, password never shown
-# ---------------------------------------------------------------------------
-_USERINFO = re.compile(r"^[a-z+]+://([^@/?]*)@", re.IGNORECASE)
-
-
-def _secrets(url: str) -> list[str]:
-    """The password of ``url`` (raw and percent-decoded) and its secret option values
-    (:data:`pynenc_mongo.urls.SECRET_OPTIONS`), longest first."""
-    found: list[str] = []
-    match = _USERINFO.match(url)
-    if match and ":" in match.group(1):
-        password = match.group(1).split(":", 1)[1]
-        found += [password, unquote_plus(password)]
-    for item in url.partition("?")[2].replace(";", "&").split("&"):
-        key, eq, value = item.partition("=")
-        if eq and key.lower() in SECRET_OPTIONS:
-            found += [value, unquote_plus(value)]
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def one_line(message: str, url: str = "") -> str:
-    """``message`` on one line, with every secret of ``url`` replaced by ``***``."""
-    text = " ".join(str(message).split())
-    for secret in _secrets(url) if url else []:
-        text = text.replace(secret, "***")
-    return text
-
-
-_SOCKET_TIMEOUTS = re.compile(r"\s*\(configured timeouts:[^)]*\)")
-
-
-def _mongo_fatal(exc: BaseException, settings: Settings) -> Fatal:
-    """Map a PyMongo error to a :class:`Fatal` with the right exit status."""
-    mapped = translate(exc, settings.where)
-    if isinstance(mapped, MongoUnavailableError):
-        # PyMongo appends its socket timeouts; the one that applied is ours.
-        text = _SOCKET_TIMEOUTS.sub("", str(mapped))
-        if "server selection timeout" not in text:  # translate() may have named it already
-            text += f" (server selection timeout {settings.timeout_seconds:g} s)"
-        return Fatal(EXIT_UNAVAILABLE, text)
-    if isinstance(mapped, MongoAuthenticationError):
-        return Fatal(EXIT_UNAVAILABLE, str(mapped))
-    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
-        errmsg = (exc.details or {}).get("errmsg", str(exc))
-        return Fatal(
-            EXIT_UNAUTHORIZED, f"not authorized on {settings.where}: {errmsg}; {PRIVILEGES_HINT}"
-        )
-    if isinstance(exc, ConfigurationError):
-        return Fatal(EXIT_UNAVAILABLE, f"cannot connect to {settings.where}: {exc}")
-    return Fatal(EXIT_PROBLEMS, f"MongoDB error on {settings.where}: {type(exc).__name__}: {exc}")
-
-
-# ---------------------------------------------------------------------------
-# Progress of index builds ($currentOp)
-# ---------------------------------------------------------------------------
-#: The phase in a ``$currentOp`` ``msg`` such as ``"Index Build: scanning collection
-#: Index Build: scanning collection: 450/1000 45%"``.
-_PHASE = re.compile(r"Index Build:\s*(.+?)(?=\s*Index Build|:|$)")
-
-
-def describe_build_progress(operations: Iterable[Mapping[str, Any]]) -> str | None:
-    """Summarize ``$currentOp`` documents of an index build.
-
-    MongoDB reports a build's ``progress: {done, total}`` (documents or keys) and a
-    ``msg`` such as ``"Index Build: scanning collection"`` (MongoDB manual,
-    "$currentOp", output fields ``progress`` and ``msg``).
-
-    :param Iterable[Mapping] operations: documents from ``$currentOp``.
-    :return: e.g. ``"45% (450,000/1,000,000) scanning collection"``, the bare
-        ``msg``, or None when nothing describes a build.
-    """
-    message = None
-    for op in operations:
-        msg = op.get("msg")
-        phase = ""
-        if isinstance(msg, str) and msg:
-            phases = _PHASE.findall(msg)
-            phase = phases[-1].strip() if phases else ""
-            message = message or msg
-        progress = op.get("progress")
-        if isinstance(progress, Mapping):
-            try:
-                done, total = float(progress.get("done", 0)), float(progress.get("total", 0))
-            except (TypeError, ValueError):
-                continue
-            if total > 0:
-                text = f"{100 * done / total:.0f}% ({int(done):,}/{int(total):,})"
-                return f"{text} {phase}".strip()
-    return message
-
-
-class BuildProgress:
-    """Polls ``$currentOp`` (on the ``admin`` database) for the index builds of one
-    collection. Best effort: without the ``inprog`` privilege it falls back to
-    ``allUsers: false`` (the user's own operations, always allowed); where
-    ``$currentOp`` is not available (mongomock, some hosted tiers) it gives up
-    quietly and :meth:`poll` returns None.
-
-    :param Collection collection: the collection whose indexes are being built.
-    """
-
-    def __init__(self, collection: Collection[Any]) -> None:
-        self._client = collection.database.client
-        self._namespace = f"{collection.database.name}.{collection.name}"
-        self._all_users = True
-        self.enabled = True
-
-    def _pipeline(self) -> list[dict[str, Any]]:
-        return [
-            {"$currentOp": {"allUsers": self._all_users, "idleConnections": False}},
-            {
-                "$match": {
-                    "ns": self._namespace,
-                    "$or": [
-                        {"command.createIndexes": {"$exists": True}},
-                        {"msg": {"$regex": "^Index Build"}},
-                    ],
-                }
-            },
-        ]
-
-    def poll(self) -> str | None:
-        """One ``$currentOp`` round trip.
-
-        :return: a summary (see :func:`describe_build_progress`) or None.
-        """
-        if not self.enabled:
-            return None
-        try:
-            operations = list(self._client.admin.aggregate(self._pipeline()))
-        except OperationFailure as exc:
-            if exc.code == UNAUTHORIZED and self._all_users:
-                self._all_users = False
-                return self.poll()
-            self.enabled = False
-            return None
-        except Exception:  # noqa: BLE001 - progress is optional; never fail a build for it
-            self.enabled = False
-            return None
-        return describe_build_progress(operations)
-
-
-def run_with_progress[T](
-    work: Callable[[], T],
-    poll: Callable[[], str | None],
-    report: Callable[[str], None],
-    interval_seconds: float,
-) -> T:
-    """Run ``work()`` in a thread, calling ``report`` with a progress line every
-    ``interval_seconds`` until it returns.
-
-    :param work: the blocking call (``createIndexes``).
-    :param poll: returns a progress summary or None (see :class:`BuildProgress`).
-    :param report: receives lines such as ``"building (10 s): 45% (...)"``.
-    :param float interval_seconds: seconds between lines.
-    :return: what ``work`` returned.
-    :raises BaseException: whatever ``work`` raised.
-    """
-    outcome: dict[str, Any] = {}
-    finished = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = exc
-        finally:
-            finished.set()
-
-    started = time.monotonic()
-    thread = threading.Thread(target=target, name="pynenc-mongo-index-build", daemon=True)
-    thread.start()
-    while not finished.wait(interval_seconds):
-        summary = poll()
-        elapsed = time.monotonic() - started
-        report(f"building ({elapsed:.0f} s)" + (f": {summary}" if summary else ""))
-    if "error" in outcome:
-        raise outcome["error"]
-    value: T = outcome["value"]
-    return value
+from pynenc_mongo.urls import MongoUrlError
 
 
 # ---------------------------------------------------------------------------
@@ -833,7 +444,7 @@ def _run_with(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                 runner.process(prefix, logical)
         return runner.summary()
     except (PyMongoError, ConnectionError) as exc:
-        raise _mongo_fatal(exc, settings) from None
+        raise mongo_fatal(exc, settings) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -865,5 +476,24 @@ def _fail(status: int, message: str, url: str) -> int:
     return status
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PROBLEMS",
+    "EXIT_UNAUTHORIZED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "BuildProgress",
+    "Mode",
+    "Runner",
+    "Settings",
+    "build_parser",
+    "create_indexes",
+    "describe_build_progress",
+    "get_database",
+    "inspect_collection",
+    "main",
+    "one_line",
+    "resolve_settings",
+    "run_with_progress",
+]
