@@ -229,8 +229,11 @@ class _Pending:
 
 
 #: pynenc-mongo modules that are generic helpers: they count as pynenc-mongo code, but
-#: the report names their caller (monitoring's wrappers do not count at all).
-_HELPER_MODULES = frozenset({"pynenc_mongo.errors", "pynenc_mongo.operations"})
+#: the report names their caller (monitoring's wrappers do not count at all). The store
+#: layer is one: the report names the component that asked it.
+_HELPER_MODULES = frozenset(
+    {"pynenc_mongo.errors", "pynenc_mongo.operations", "pynenc_mongo.store"}
+)
 
 
 def _caller_in_package() -> str | None:

@@ -145,7 +145,7 @@ def test_recorder_catches_an_unindexed_query(make_app: Callable[..., Pynenc]) ->
         list(history.find({"app_id": backend.app_id, "status": "SUCCESS"}))  # test code
         backend.get_history("no-such-invocation")  # pynenc-mongo code
     [from_backend] = scoped.shapes()
-    assert from_backend.where.startswith("pynenc_mongo.state_backend:")
+    assert from_backend.where.startswith("pynenc_mongo.state_backend.history:")
     assert serving_index(from_backend) == "app_invocation_time"
     assert recorded not in query_recorder.SESSION.shapes()  # captures stay out of the session
 

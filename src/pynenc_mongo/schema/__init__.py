@@ -4,7 +4,8 @@ Open this package to see everything pynenc-mongo keeps in MongoDB. Each componen
 declares its own collections and indexes in one module here:
 
 * :mod:`~pynenc_mongo.schema.state` -- the state backend (invocations, history,
-  results, workflows, runner contexts, app info, value pieces);
+  results, workflows, runner contexts, app info, value pieces), and
+  :mod:`~pynenc_mongo.schema.state_documents`, its DTO <-> document mapping;
 * :mod:`~pynenc_mongo.schema.orchestrator` -- status records, blocking edges,
   runner heartbeats, atomic-service executions;
 * :mod:`~pynenc_mongo.schema.broker` -- the queue;
@@ -65,6 +66,7 @@ from pynenc_mongo.schema.layout import (
 )
 from pynenc_mongo.schema.state import *  # noqa: F403  (the state layout, as before the split)
 from pynenc_mongo.schema.state import APP_INFOS, HISTORY, INVOCATIONS
+from pynenc_mongo.schema.state_documents import *  # noqa: F403  (its DTO mapping)
 
 #: Component name -> its logical collections, in catalogue order.
 COMPONENT_COLLECTIONS: Final[dict[str, tuple[str, ...]]] = {

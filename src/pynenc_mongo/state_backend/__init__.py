@@ -11,14 +11,9 @@ Works with pynenc 0.2.3 (the specified API, including the two
 The class is thin: it maps pynenc's methods onto parts, one module per concern,
 each a plain object holding the app's :class:`~pynenc_mongo.store.MongoStore`:
 
-* :mod:`.invocations` -- the DTO cache and deferred inserts (registering N
-  invocations costs one operation);
-* :mod:`.history` -- history records, written through the history writer of
-  :mod:`pynenc_mongo.async_writes` (synchronous or asynchronous, batched);
-* :mod:`.results` -- results and exceptions; :mod:`.workflows` -- workflow runs,
-  sub-invocations and data; :mod:`.runners` -- runner contexts;
-  :mod:`.app_info` -- app info, secrets removed;
-* :mod:`.async_reads` -- the awaitable reads (``aget_result``...).
+* :mod:`.invocations` (DTO cache, deferred inserts), :mod:`.history` (through the
+  writers of :mod:`pynenc_mongo.async_writes`), :mod:`.results`, :mod:`.workflows`,
+  :mod:`.runners`, :mod:`.app_info` (secrets removed), :mod:`.async_reads` (``aget_*``).
 
 The backend owns the wiring: the store's ``before_operation`` hook stores a
 pending app info, then writes this thread's deferred invocations, before every
