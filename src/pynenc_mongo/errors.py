@@ -353,6 +353,8 @@ def is_refused_write(exc: BaseException) -> bool:
     """True for a write the server refuses for authorization (13) or validation
     (121) reasons: retrying it cannot succeed, so a best-effort write (the app info)
     is logged and dropped instead of being retried before every operation."""
-    return isinstance(exc, OperationFailure) and exc.code in (13, 121) and not (
-        _write_concern_errors(exc)
+    return (
+        isinstance(exc, OperationFailure)
+        and exc.code in (13, 121)
+        and not (_write_concern_errors(exc))
     )

@@ -94,9 +94,7 @@ _PAIR: Final = re.compile(
 )
 #: A URL with user info (any scheme), or ``user:password@host`` without one; the
 #: state backend's ``_URL_USERINFO``.
-_URL_USERINFO: Final = re.compile(
-    r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*@|^[^/?#\s]*:[^/?#\s]*@"
-)
+_URL_USERINFO: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*@|^[^/?#\s]*:[^/?#\s]*@")
 
 
 def _redact_pair(match: re.Match[str]) -> str:
@@ -119,9 +117,7 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_config(
-    value: Any, key: Any = None, *, allowed: Collection[str] | None = None
-) -> Any:
+def redact_config(value: Any, key: Any = None, *, allowed: Collection[str] | None = None) -> Any:
     """A copy of a config value with credentials removed, recursively.
 
     A superset of what the state backend's ``_without_secrets`` removes (same
