@@ -147,7 +147,10 @@ class MongoStore:
         """The database handle (the process's shared client; made on first use)."""
         conf = self.conf
         return get_database(
-            conf.mongo_url, self.database_name, conf.mongo_server_selection_timeout_seconds
+            conf.mongo_url,
+            self.database_name,
+            conf.mongo_server_selection_timeout_seconds,
+            conf.mongo_socket_timeout_seconds,
         )
 
     def collection(self, logical: str) -> Collection[dict[str, Any]]:
