@@ -22,7 +22,8 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
-from pynenc_mongo import aio, client as client_mod
+from pynenc_mongo import aio
+from pynenc_mongo import client as client_mod
 from pynenc_mongo.config import ConfigStateBackendMongo, MongoConfigError
 from pynenc_mongo.store import MongoStore
 

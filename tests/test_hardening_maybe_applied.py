@@ -35,7 +35,7 @@ from pynenc_mongo.errors import (
     rejected_positions,
     write_outcome,
 )
-from pynenc_mongo.operations import insert_if_absent, surely_unwritten
+from pynenc_mongo.operations import insert_if_absent, only_duplicates, surely_unwritten
 from pynenc_mongo.store import MongoStore
 
 BIG = "".join(f"{i:08x}" for i in range(2000))  # 16000 bytes: stored as pieces
@@ -267,3 +267,21 @@ def test_invocation_insert_with_write_concern_error_reads_back(
 def test_write_outcome(exc: BaseException, documents: int | None, outcome: str) -> None:
     assert write_outcome(exc, documents) == outcome
     assert is_surely_not_applied(exc, documents) == (outcome == WriteOutcome.REJECTED)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (_wce_bulk(), True),  # before the fix: False, and the history writer gave up
+        (_wce_bulk([{"index": 0, "code": 11000}]), True),
+        (BulkWriteError({"writeErrors": [{"index": 0, "code": 11000}]}), True),
+        (BulkWriteError({"writeErrors": []}), False),
+        (_wce_bulk([{"index": 0, "code": 121}]), False),
+        (BulkWriteError({"writeErrors": [{"index": 0, "code": 11000}, {"code": 2}]}), False),
+    ],
+)
+def test_only_duplicates_counts_write_concern_errors_as_stored(
+    exc: BulkWriteError, expected: bool
+) -> None:
+    """``only_duplicates`` also decides the asynchronous history writer's outcome."""
+    assert only_duplicates(exc) is expected
