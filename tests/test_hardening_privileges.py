@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from index_helpers import Layout, make_layout
-from pymongo.errors import OperationFailure
+from pymongo.errors import NetworkTimeout, OperationFailure
 from pynenc import Pynenc
 
 from pynenc_mongo import indexes, schema
@@ -242,3 +242,28 @@ def test_the_warning_comes_again_in_a_new_process(
     indexes.forget_ensured()
     _work(make_app(collection_prefix=layout.prefix, create_indexes=False))
     assert len([w for w in _warnings(caplog) if "Unique indexes among them" in w]) == 2
+
+
+def test_index_build_outliving_the_socket_timeout_is_warned_not_raised(
+    layout: Layout,
+    make_app: Callable[..., Pynenc],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lazy build on a large collection can outlive ``mongo_socket_timeout_seconds``:
+    the server goes on building; the operation must not fail, nor ask again."""
+    calls: list[int] = []
+
+    def slow(*_args: Any, **_kwargs: Any) -> Any:
+        calls.append(1)
+        raise NetworkTimeout("timed out")
+
+    monkeypatch.setattr(_collection_class(layout), "create_indexes", slow)
+    caplog.set_level(logging.WARNING, logger="pynenc_mongo")
+    app = make_app(collection_prefix=layout.prefix)
+    _work(app)
+    first = len(calls)
+    _work(app)
+    assert len(calls) == first
+    assert any("did not finish within" in w for w in _warnings(caplog))
+    assert _store(app).unique_state(schema.RESULTS, UNIQUE_RESULTS) is UniqueIndexState.UNVERIFIED

@@ -41,7 +41,7 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import NetworkTimeout, OperationFailure, PyMongoError
 
 from pynenc_mongo.errors import AUTH_FAILED_CODES
 from pynenc_mongo.schema import (
@@ -433,10 +433,11 @@ def _create_missing(collection: Collection[Any], logical: str, retention: bool) 
         create_indexes(collection, missing)
     except PyMongoError as exc:
         if not isinstance(exc, OperationFailure) or exc.code in AUTH_FAILED_CODES:
-            if not exc.timeout:
+            if not isinstance(exc, NetworkTimeout):  # lost connection, no server: retry later
                 raise
-            # The reply did not come within the operation timeout: the build goes on
-            # in the server (it is not aborted), the next process start checks again.
+            # No reply within the socket timeout (mongo_socket_timeout_seconds): the
+            # build goes on in the server (it is not aborted); asking again before
+            # every operation would only wait again. The next process checks again.
             _record_unique(collection, missing, UniqueIndexState.UNVERIFIED)
             _warn_once(
                 f"slow:{collection.database.name}.{collection.name}",

@@ -431,7 +431,9 @@ class MongoStore:
         if outcome is WriteOutcome.UNKNOWN:
             return
         try:
-            doc = self.retry(self.collection(logical).find_one, filter_, {path: 1, "_id": 0})
+            doc = self.retry(
+                self.physical_collection(logical).find_one, filter_, {path: 1, "_id": 0}
+            )
         except PyMongoError:
             return
         if values.reference_id(at_path(doc, path)) != value_id:
