@@ -25,16 +25,19 @@ import atexit
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from datetime import UTC
 from typing import Any
 
-from pynenc_mongo.client import APP_NAME, mock_store
+from pynenc_mongo.client import APP_NAME, mock_store, timeout_options
 from pynenc_mongo.config import MongoConfigError
 from pynenc_mongo.monitoring import LISTENER
 from pynenc_mongo.urls import MOCK_SCHEME, parse_url
 
 THREAD_NAME = "pynenc-mongo-async"
+#: Longest wait, in seconds, for :meth:`LoopThread.stop` in all (closing the clients,
+#: then the loop thread ending); the thread is a daemon, so the exit goes on after.
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -44,7 +47,7 @@ class LoopThread:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self._clients: dict[tuple[str, str, str, float], Any] = {}
+        self._clients: dict[tuple[str, str, str, float, float | None], Any] = {}
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self.thread.start()
@@ -62,15 +65,27 @@ class LoopThread:
         """
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def client(self, url: str, database: str, driver: str, timeout_seconds: float) -> Any:
+    def client(
+        self,
+        url: str,
+        database: str,
+        driver: str,
+        timeout_seconds: float,
+        socket_timeout_seconds: float | None = None,
+    ) -> Any:
         """The loop's asynchronous client for these settings (call on the loop only).
 
+        :param float timeout_seconds: server selection timeout in seconds.
+        :param float | None socket_timeout_seconds: socket timeout in seconds
+            (``mongo_socket_timeout_seconds``; see :func:`pynenc_mongo.client.get_client`
+            for the deadlines); None or 0 for none.
         :raises MongoConfigError: ``motor`` selected but not installed.
         """
-        key = (url, database, driver, float(timeout_seconds))
+        socket_timeout = float(socket_timeout_seconds) if socket_timeout_seconds else None
+        key = (url, database, driver, float(timeout_seconds), socket_timeout)
         client = self._clients.get(key)
         if client is None:
-            client = _make_client(url, driver, timeout_seconds)
+            client = _make_client(url, driver, timeout_seconds, socket_timeout)
             self._clients[key] = client
         return client
 
@@ -81,19 +96,27 @@ class LoopThread:
             if asyncio.iscoroutine(result):
                 await result
 
-    def stop(self) -> None:
-        """Close the clients and stop the loop (waits up to STOP_TIMEOUT_SECONDS)."""
+    def stop(self, timeout_seconds: float | None = None) -> None:
+        """Close the clients and stop the loop, waiting at most ``timeout_seconds`` in
+        all (None: :data:`STOP_TIMEOUT_SECONDS`). A client that does not close in time
+        (a stalled server) is abandoned; the loop is stopped anyway."""
         if not self.thread.is_alive():
             return
-        try:
-            self.submit(self._close_clients()).result(timeout=STOP_TIMEOUT_SECONDS)
-        except Exception:  # noqa: BLE001 - closing is best effort at shutdown
-            pass
+        budget = STOP_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+        deadline = time.monotonic() + budget
+        if threading.current_thread() is not self.thread:
+            try:
+                self.submit(self._close_clients()).result(timeout=budget)
+            except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=STOP_TIMEOUT_SECONDS)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _make_client(url: str, driver: str, timeout_seconds: float) -> Any:
+def _make_client(
+    url: str, driver: str, timeout_seconds: float, socket_timeout_seconds: float | None = None
+) -> Any:
     if url.startswith(MOCK_SCHEME):
         from mongomock_motor import AsyncMongoMockClient
 
@@ -103,8 +126,8 @@ def _make_client(url: str, driver: str, timeout_seconds: float) -> Any:
         "tz_aware": True,
         "tzinfo": UTC,
         "appname": APP_NAME,
-        "serverSelectionTimeoutMS": int(timeout_seconds * 1000),
         "event_listeners": [LISTENER],
+        **timeout_options(url, timeout_seconds, socket_timeout_seconds),
     }
     if driver == "motor":
         try:

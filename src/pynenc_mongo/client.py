@@ -4,11 +4,14 @@ PyMongo's ``MongoClient`` is thread-safe and holds a connection pool, so a
 process needs one per deployment; it is *not* fork-safe (PyMongo docs, "Is
 PyMongo fork-safe?"). This registry therefore:
 
-* creates clients lazily, keyed by (URL, database, server selection timeout);
+* creates clients lazily, keyed by (URL, database, server selection timeout,
+  socket timeout);
 * forgets every real client in a child right after ``fork`` (the child builds
   its own on first use; the parent's sockets are never touched by the child);
   a ``spawn`` child starts with an empty registry anyway;
-* closes every client at interpreter exit (``atexit``).
+* closes every client at interpreter exit (``atexit``), waiting at most
+  :data:`CLOSE_TIMEOUT_SECONDS` in all (a client closing against a stalled server
+  would otherwise hold the exit: ``close`` sends ``endSessions``).
 
 ``mongomock://<name>`` URLs select an in-process embedded store (mongomock):
 one store per ``<name>`` per process, shared by every app that names it. After a
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import threading
+import time
 from datetime import UTC
 from typing import Any
 
@@ -36,12 +41,17 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from pynenc_mongo.monitoring import LISTENER
-from pynenc_mongo.urls import MOCK_SCHEME, parse_url, redact_url
+from pynenc_mongo.urls import MOCK_SCHEME, option_names, parse_url, redact_url
 
 APP_NAME = "pynenc-mongo"
+#: Longest wait, in seconds, for all clients to close at interpreter exit.
+CLOSE_TIMEOUT_SECONDS = 5.0
 
+logger = logging.getLogger("pynenc_mongo")
+
+_ClientKey = tuple[str, str, float, float | None]
 _lock = threading.Lock()
-_clients: dict[tuple[str, str, float], MongoClient[dict[str, Any]]] = {}
+_clients: dict[_ClientKey, MongoClient[dict[str, Any]]] = {}
 _mock_stores: dict[str, Any] = {}
 
 
@@ -115,13 +125,38 @@ def _mock_store_key(url: str) -> str:
     return parse_url(url).hosts[0]
 
 
-def get_client(url: str, database: str, timeout_seconds: float) -> Any:
+def get_client(
+    url: str,
+    database: str,
+    timeout_seconds: float,
+    socket_timeout_seconds: float | None = None,
+) -> Any:
     """Return this process's client for these settings, creating it on first use.
+
+    **Deadlines.** ``timeout_seconds`` bounds server selection (waiting for a
+    suitable server: PyMongo's ``serverSelectionTimeoutMS``) and
+    ``socket_timeout_seconds`` bounds each wait on an open connection (one send or
+    one reply: ``socketTimeoutMS``). Together they bound one attempt of an
+    operation; PyMongo retries a retryable read or write once (MongoDB manual,
+    "Retryable Reads/Writes"), so an operation waits at most about twice their sum
+    before :func:`pynenc_mongo.errors.with_retry` sees the error.
+
+    PyMongo's client-side operation timeout (``timeoutMS``, CSOT) is not set by
+    default on purpose: with it, PyMongo (4.20.1, checked) uses the *remaining
+    deadline* for server selection instead of ``serverSelectionTimeoutMS``, so an
+    unreachable server would be reported only after the whole deadline (a 5 s
+    selection timeout becomes the deadline), and the driver's retries happen within
+    that one deadline, which it also sends to the server as ``maxTimeMS``. Put
+    ``timeoutMS`` in the URL to choose it anyway; ``socket_timeout_seconds`` is then
+    not applied (nor when the URL sets ``socketTimeoutMS``: the URL wins).
 
     :param str url: ``mongodb://``, ``mongodb+srv://`` or ``mongomock://`` URL.
     :param str database: database name (part of the key: one client per pair).
     :param float timeout_seconds: server selection timeout in seconds.
-    :return: a ``pymongo.MongoClient`` or a ``mongomock.MongoClient``.
+    :param float | None socket_timeout_seconds: socket timeout in seconds
+        (``mongo_socket_timeout_seconds``); None or 0 for none.
+    :return: a ``pymongo.MongoClient`` or a ``mongomock.MongoClient`` (for which the
+        timeouts mean nothing).
     :raises pynenc_mongo.urls.MongoUrlError: if the URL is malformed.
     """
     if url.startswith(MOCK_SCHEME):
@@ -132,17 +167,36 @@ def get_client(url: str, database: str, timeout_seconds: float) -> Any:
                 store = mongomock.MongoClient(tz_aware=True)
                 _mock_stores[key] = store
             return store
-    client_key = (url, database, float(timeout_seconds))
+    socket_timeout = float(socket_timeout_seconds) if socket_timeout_seconds else None
+    client_key = (url, database, float(timeout_seconds), socket_timeout)
     with _lock:
         client = _clients.get(client_key)
         if client is None:
             parse_url(url)  # refuse malformed URLs with a redacted message
-            client = _new_client(url, timeout_seconds)
+            client = _new_client(url, timeout_seconds, socket_timeout)
             _clients[client_key] = client
         return client
 
 
-def _new_client(url: str, timeout_seconds: float) -> MongoClient[dict[str, Any]]:
+def timeout_options(
+    url: str, timeout_seconds: float, socket_timeout_seconds: float | None
+) -> dict[str, Any]:
+    """The driver options for these timeouts (see :func:`get_client`), shared by the
+    synchronous and the asynchronous clients.
+
+    :return: ``{"serverSelectionTimeoutMS": ..., "socketTimeoutMS": ...}``; the
+        socket timeout is left out when None/0 or when the URL sets
+        ``socketTimeoutMS`` or ``timeoutMS``.
+    """
+    options: dict[str, Any] = {"serverSelectionTimeoutMS": int(timeout_seconds * 1000)}
+    if socket_timeout_seconds and not {"sockettimeoutms", "timeoutms"} & option_names(url):
+        options["socketTimeoutMS"] = max(1, int(socket_timeout_seconds * 1000))
+    return options
+
+
+def _new_client(
+    url: str, timeout_seconds: float, socket_timeout_seconds: float | None = None
+) -> MongoClient[dict[str, Any]]:
     """Create a ``MongoClient`` (no connection yet: ``connect=False``).
 
     :raises MongoConfigError: an option PyMongo refuses only now (for example a
@@ -161,8 +215,8 @@ def _new_client(url: str, timeout_seconds: float) -> MongoClient[dict[str, Any]]
             tzinfo=UTC,
             connect=False,
             appname=APP_NAME,
-            serverSelectionTimeoutMS=int(timeout_seconds * 1000),
             event_listeners=[LISTENER],
+            **timeout_options(url, timeout_seconds, socket_timeout_seconds),
         )
     except ConfigurationError as exc:
         if is_dns_failure(exc):
@@ -176,9 +230,15 @@ def _new_client(url: str, timeout_seconds: float) -> MongoClient[dict[str, Any]]
         ) from None
 
 
-def get_database(url: str, database: str, timeout_seconds: float) -> Database[dict[str, Any]]:
+def get_database(
+    url: str,
+    database: str,
+    timeout_seconds: float,
+    socket_timeout_seconds: float | None = None,
+) -> Database[dict[str, Any]]:
     """The ``Database`` for these settings (see :func:`get_client`)."""
-    db: Database[dict[str, Any]] = get_client(url, database, timeout_seconds)[database]
+    client = get_client(url, database, timeout_seconds, socket_timeout_seconds)
+    db: Database[dict[str, Any]] = client[database]
     return db
 
 
@@ -195,13 +255,46 @@ def drop_mock_store(url: str) -> None:
         _mock_stores.pop(_mock_store_key(url), None)
 
 
-def close_all() -> None:
-    """Close every real client of this process. Safe to call more than once."""
+def close_all(timeout_seconds: float | None = None) -> None:
+    """Close every real client of this process. Safe to call more than once.
+
+    Each client closes in its own daemon thread, and the wait for all of them is
+    bounded: ``close`` sends ``endSessions``, which against a stalled server would
+    wait for the socket timeout (or forever without one). A client still closing
+    when the time is up is left to the process's exit.
+
+    :param float | None timeout_seconds: longest wait in all; None for
+        :data:`CLOSE_TIMEOUT_SECONDS`.
+    """
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
-    for client in clients:
+    if not clients:
+        return
+    budget = CLOSE_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    deadline = time.monotonic() + budget
+    threads = [
+        threading.Thread(target=_close_quietly, args=(c,), name="pynenc-mongo-close", daemon=True)
+        for c in clients
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = sum(thread.is_alive() for thread in threads)
+    if left:
+        logger.warning(
+            "pynenc-mongo: %d MongoDB clients did not close within %g s; left to the exit",
+            left,
+            budget,
+        )
+
+
+def _close_quietly(client: Any) -> None:
+    try:
         client.close()
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
+        logger.debug("pynenc-mongo: closing a client failed: %s", exc)
 
 
 def _forget_after_fork() -> None:

@@ -223,6 +223,14 @@ class ConfigMongo(ConfigPynencBase):
     :cvar ConfigField[float] mongo_retention_days:
         Days after an invocation's final history record after which MongoDB's TTL
         monitor deletes its documents. 0 (default) keeps everything; at most 36500.
+    :cvar ConfigField[float] mongo_socket_timeout_seconds:
+        Longest wait, in seconds, for the server on an open connection (one send or
+        one reply: PyMongo's ``socketTimeoutMS``), so a stalled socket, a hung
+        primary or a silent partition fails an operation attempt with
+        ``NetworkTimeout`` instead of blocking until TCP keepalive gives up. Default
+        60; 0 for no limit. Ignored when the URL sets ``socketTimeoutMS`` or
+        ``timeoutMS``. See :func:`pynenc_mongo.client.get_client` for how it relates
+        to ``timeoutMS`` and retries.
     """
 
     mongo_url = ConfigField(DEFAULT_URL, _url_mapper, secret=True)
@@ -253,6 +261,10 @@ class ConfigMongo(ConfigPynencBase):
     )
     mongo_retention_days = ConfigField(
         0.0, _number_mapper("mongo_retention_days", float, 0.0, "days", MAX_RETENTION_DAYS)
+    )
+    mongo_socket_timeout_seconds = ConfigField(
+        60.0,
+        _number_mapper("mongo_socket_timeout_seconds", float, 0.0, "seconds", MAX_TIMEOUT_SECONDS),
     )
 
 

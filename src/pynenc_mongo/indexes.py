@@ -16,7 +16,17 @@ The index definitions themselves live in :data:`pynenc_mongo.schema.INDEXES`
   (:data:`SETUP_SCRIPT`, :mod:`pynenc_mongo.cli`) when indexes are missing.
 
 The backend never drops an index and never fails an operation because an index
-could not be created: it logs a warning and works without it (queries scan).
+could not be created or listed (a role without the ``listIndexes`` or
+``createIndex`` privilege action, code 13): it logs a warning once and works
+without it (queries scan).
+
+Unique indexes are correctness gates, not only speed: an upsert or an insert
+whose race-safety rests on one (two writers of the same new result, the
+invocation dedup) stores duplicates without it. This module remembers, per
+process and collection, whether each unique index is present
+(:func:`unique_index_state`), warns once per process naming every missing one and
+:data:`SETUP_SCRIPT`, and :meth:`pynenc_mongo.store.MongoStore.require_unique`
+lets a component refuse such a write instead.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import Any
 
 from pymongo import IndexModel
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure
+from pymongo.errors import NetworkTimeout, OperationFailure, PyMongoError
 
 from pynenc_mongo.errors import AUTH_FAILED_CODES
 from pynenc_mongo.schema import (
@@ -296,15 +306,115 @@ def _warn_once(topic: str, message: str, *args: Any) -> None:
     logger.warning(message, *args)
 
 
+def warn_once(topic: str, message: str, *args: Any) -> None:
+    """Log ``message % args`` as a warning once per process and ``topic`` (forgotten by
+    :func:`forget_ensured`)."""
+    _warn_once(topic, message, *args)
+
+
 def _problem_list(problems: Iterable[tuple[str, IndexStatus]], limit: int = 6) -> str:
     items = [f"{coll}.{status.spec.name} ({status.state.value})" for coll, status in problems]
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+class UniqueIndexState(StrEnum):
+    """What this process knows of one unique index (see :func:`unique_index_state`)."""
+
+    PRESENT = "present"
+    """It exists as defined (or under another name with the same keys and options)."""
+    MISSING = "missing"
+    """It does not exist: not created (setting off, creation refused or failed), or
+    an index in the way differs from it."""
+    UNVERIFIED = "unverified"
+    """Its existence could not be checked (no ``listIndexes`` privilege, or a build
+    that did not finish in time)."""
+
+
+_CollectionKey = tuple[int, str, str]
+_unique: dict[_CollectionKey, dict[str, UniqueIndexState]] = {}
+
+
+def _collection_key(collection: Collection[Any]) -> _CollectionKey:
+    return (id(collection.database.client), collection.database.name, collection.name)
+
+
+def _record_unique(
+    collection: Collection[Any], specs: Iterable[IndexSpec], state: UniqueIndexState
+) -> None:
+    names = [spec.name for spec in specs if spec.unique]
+    if names:
+        with _lock:
+            states = _unique.setdefault(_collection_key(collection), {})
+            states.update(dict.fromkeys(names, state))
+
+
+def _record_report(collection: Collection[Any], report: CollectionReport) -> None:
+    """Record the unique indexes of ``report``: present, or missing (also when an
+    index in the way differs: it does not enforce what the definition enforces)."""
+    for status in report.statuses:
+        same = status.state is IndexState.PRESENT or (
+            status.state is IndexState.OTHER_NAME and not status.differences
+        )
+        state = UniqueIndexState.PRESENT if same else UniqueIndexState.MISSING
+        _record_unique(collection, [status.spec], state)
+
+
+def unique_index_state(collection: Collection[Any], name: str) -> UniqueIndexState | None:
+    """What this process knows of the unique index ``name`` of ``collection``.
+
+    :param Collection collection: the physical collection (after
+        :func:`ensure_collection_indexes`).
+    :param str name: the index name of a unique :class:`IndexSpec`.
+    :return: the state, or None when the collection was not checked yet in this
+        process (or ``name`` is not a unique index of it).
+    """
+    with _lock:
+        return _unique.get(_collection_key(collection), {}).get(name)
+
+
+def _warn_unique_missing(database: str, missing: list[tuple[str, IndexSpec]]) -> None:
+    """One warning per process and index set, naming each missing unique index."""
+    if not missing:
+        return
+    names = ", ".join(f"{coll}.{spec.name} {spec.describe()}" for coll, spec in missing)
+    _warn_once(
+        f"unique:{database}:{names}",
+        "pynenc-mongo: unique indexes missing in database %r: %s. Writes whose race-safety "
+        "rests on them can store duplicates (components that require them refuse those "
+        "writes). Run `%s` to create them.",
+        database,
+        names,
+        SETUP_SCRIPT,
+    )
+
+
+def _error_text(exc: PyMongoError) -> Any:
+    details = getattr(exc, "details", None)
+    return details.get("errmsg", exc) if isinstance(details, dict) else exc
+
+
 def _create_missing(collection: Collection[Any], logical: str, retention: bool) -> None:
-    """``mongo_create_indexes`` on: create what is missing, warn about conflicts."""
-    report = inspect_collection(collection, logical, retention)
+    """``mongo_create_indexes`` on: create what is missing, warn about conflicts.
+
+    A refused ``listIndexes`` (code 13) is warned about once; the indexes then stay
+    unverified and nothing is created (creating blind could fail on an index in the
+    way, and a role without ``listIndexes`` rarely has ``createIndex``).
+    """
+    try:
+        report = inspect_collection(collection, logical, retention)
+    except OperationFailure as exc:
+        if exc.code != UNAUTHORIZED:
+            raise
+        _warn_not_listed(collection, exc)
+        _record_unique(collection, indexes_for(logical, retention), UniqueIndexState.UNVERIFIED)
+        return
+    _record_report(collection, report)
+    unique_conflicts = [
+        (collection.name, status.spec)
+        for status in report.conflicts
+        if status.spec.unique and (status.state is IndexState.DIFFERENT or status.differences)
+    ]
     for status in report.conflicts:
         _warn_once(
             f"conflict:{collection.database.name}.{collection.name}.{status.spec.name}",
@@ -317,12 +427,35 @@ def _create_missing(collection: Collection[Any], logical: str, retention: bool) 
         )
     missing = [status.spec for status in report.missing]
     if not missing:
+        _warn_unique_missing(collection.database.name, unique_conflicts)
         return
     try:
         create_indexes(collection, missing)
-    except OperationFailure as exc:
-        if exc.code in AUTH_FAILED_CODES:
-            raise
+    except PyMongoError as exc:
+        if not isinstance(exc, OperationFailure) or exc.code in AUTH_FAILED_CODES:
+            if not isinstance(exc, NetworkTimeout):  # lost connection, no server: retry later
+                raise
+            # No reply within the socket timeout (mongo_socket_timeout_seconds): the
+            # build goes on in the server (it is not aborted); asking again before
+            # every operation would only wait again. The next process checks again.
+            _record_unique(collection, missing, UniqueIndexState.UNVERIFIED)
+            _warn_once(
+                f"slow:{collection.database.name}.{collection.name}",
+                "pynenc-mongo: building indexes %s on %s did not finish within the "
+                "operation timeout (%s); the server goes on building them. Run `%s` "
+                "for large collections.",
+                ", ".join(spec.name for spec in missing),
+                collection.name,
+                exc,
+                SETUP_SCRIPT,
+            )
+            return
+        assert isinstance(exc, OperationFailure)
+        _record_unique(collection, missing, UniqueIndexState.MISSING)
+        _warn_unique_missing(
+            collection.database.name,
+            unique_conflicts + [(collection.name, spec) for spec in missing if spec.unique],
+        )
         if exc.code == UNAUTHORIZED:
             _warn_once(
                 "unauthorized",
@@ -344,6 +477,23 @@ def _create_missing(collection: Collection[Any], logical: str, retention: bool) 
                 exc.details.get("errmsg", exc) if exc.details else exc,
                 SETUP_SCRIPT,
             )
+    else:
+        _record_unique(collection, missing, UniqueIndexState.PRESENT)
+        _warn_unique_missing(collection.database.name, unique_conflicts)
+
+
+def _warn_not_listed(collection: Collection[Any], exc: OperationFailure) -> None:
+    """``listIndexes`` refused (code 13): warn once per process, then work without."""
+    _warn_once(
+        "unauthorized-list",
+        "pynenc-mongo: not authorized to list the indexes of %s (%s); indexes are neither "
+        "checked nor created, so queries may scan and the unique indexes that make some "
+        "writes race-safe are unverified. Have an operator run `%s`, then grant the "
+        "listIndexes action or set mongo_create_indexes=false.",
+        collection.name,
+        _error_text(exc),
+        SETUP_SCRIPT,
+    )
 
 
 def _check_layout(collection: Collection[Any], logical: str, retention: bool) -> None:
@@ -353,14 +503,29 @@ def _check_layout(collection: Collection[Any], logical: str, retention: bool) ->
     names = CollectionNames(prefix)
     database = collection.database
     problems: list[tuple[str, IndexStatus]] = []
+    unique_missing: list[tuple[str, IndexSpec]] = []
     try:
         for other in ALL_COLLECTIONS:
             physical = database[names[other]]
             report = inspect_collection(physical, other, retention)
-            problems += [(physical.name, st) for st in report.missing + report.conflicts]
+            _record_report(physical, report)
+            for st in report.missing + report.conflicts:
+                problems.append((physical.name, st))
+                if st.spec.unique and (st.state is not IndexState.OTHER_NAME or st.differences):
+                    unique_missing.append((physical.name, st.spec))
     except OperationFailure as exc:
         if exc.code in AUTH_FAILED_CODES:
             raise
+        for other in ALL_COLLECTIONS:
+            _record_unique(
+                database[names[other]], indexes_for(other, retention), UniqueIndexState.UNVERIFIED
+            )
+        if exc.code == UNAUTHORIZED:  # the privilege will not appear: do not ask again
+            _warn_not_listed(collection, exc)
+            with _lock:
+                for other in ALL_COLLECTIONS:
+                    _done.add(_key(database[names[other]], retention))
+            return
         _warn_once(
             "check-failed",
             "pynenc-mongo: could not check the indexes in database %r (code %s: %s); "
@@ -375,15 +540,24 @@ def _check_layout(collection: Collection[Any], logical: str, retention: bool) ->
         for other in ALL_COLLECTIONS:
             _done.add(_key(database[names[other]], retention))
     if problems:
+        unique_text = ""
+        if unique_missing:
+            unique_text = (
+                " Unique indexes among them (writes whose race-safety rests on them can "
+                "store duplicates; components that require them refuse those writes): "
+                + ", ".join(f"{coll}.{spec.name}" for coll, spec in unique_missing)
+                + "."
+            )
         _warn_once(
             "missing",
             "pynenc-mongo: %d indexes missing or different in database %r and "
             "mongo_create_indexes is off: %s. Queries on those collections scan documents "
-            "until `%s` creates them.",
+            "until `%s` creates them.%s",
             len(problems),
             database.name,
             _problem_list(problems),
             SETUP_SCRIPT,
+            unique_text,
         )
 
 
@@ -397,9 +571,10 @@ def ensure_collection_indexes(
     call in the process checks every collection of the layout and logs one
     warning naming :data:`SETUP_SCRIPT` if any index is missing or different.
 
-    Never drops an index. An index that cannot be created (not authorized,
-    conflicting index in the way, duplicates under a unique index) is logged once
-    as a warning and the backend works without it.
+    Never drops an index. An index that cannot be listed or created (not
+    authorized, code 13; conflicting index in the way; duplicates under a unique
+    index) is logged once as a warning and the backend works without it. What is
+    learnt of the unique indexes is kept for :func:`unique_index_state`.
 
     :param Collection collection: the physical collection.
     :param str logical: its logical name (see :mod:`pynenc_mongo.schema`).
@@ -429,6 +604,7 @@ def forget_ensured() -> None:
     with _lock:
         _done.clear()
         _warned.clear()
+        _unique.clear()
 
 
 def _after_fork_in_child() -> None:
@@ -444,6 +620,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 __all__ = [
     "SETUP_SCRIPT",
     "CollectionReport",
+    "UniqueIndexState",
     "IndexState",
     "IndexStatus",
     "create_index",
@@ -453,4 +630,6 @@ __all__ = [
     "forget_ensured",
     "inspect_collection",
     "missing_indexes",
+    "unique_index_state",
+    "warn_once",
 ]

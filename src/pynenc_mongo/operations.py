@@ -3,6 +3,7 @@ and a retry-safe way to read a whole query result."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,11 +15,24 @@ from pynenc_mongo.errors import is_transient, with_retry
 
 DUPLICATE_KEY = 11000
 
+logger = logging.getLogger("pynenc_mongo")
+
 
 def only_duplicates(exc: BulkWriteError) -> bool:
-    """True when every error of an unordered bulk insert is a duplicate key."""
-    errors = exc.details.get("writeErrors", [])
-    return bool(errors) and all(err.get("code") == DUPLICATE_KEY for err in errors)
+    """True when an unordered bulk insert left every document stored or already present.
+
+    That is: every ``writeErrors`` entry is a duplicate key, and there is at least
+    one of them or a write concern error. ``writeConcernErrors`` (code 64
+    WriteConcernFailed on ``wtimeout``, 100 UnsatisfiableWriteConcern) come back
+    *after* the primary applied the writes, so they do not make a document
+    unwritten (MongoDB manual, "Write Concern"; "maybe applied" is not "not
+    applied").
+    """
+    details = exc.details or {}
+    errors_ = details.get("writeErrors") or []
+    if not errors_ and not details.get("writeConcernErrors"):
+        return False
+    return all(err.get("code") == DUPLICATE_KEY for err in errors_)
 
 
 def insert_if_absent(collection: Any, docs: list[dict[str, Any]]) -> list[int]:
@@ -28,11 +42,17 @@ def insert_if_absent(collection: Any, docs: list[dict[str, Any]]) -> list[int]:
     skipped, which makes the call idempotent: retrying it after a lost reply, or
     racing another process for the same invocation, leaves one document each.
 
+    A bulk error holding only duplicates and write concern errors is no failure:
+    every document is stored (the write concern failure is logged as a warning:
+    replication is unconfirmed). Callers must not treat any other error as "none
+    stored" either: :func:`surely_unwritten` tells which documents surely were not.
+
     :param collection: a PyMongo or mongomock ``Collection``.
     :param list[dict] docs: documents to insert (may be empty).
     :return: positions in ``docs`` of the documents skipped as duplicates (a
         document inserted by an earlier attempt of the same call counts too).
-    :raises BulkWriteError: for any error other than a duplicate key.
+    :raises BulkWriteError: for any per-document error other than a duplicate key
+        (the other documents of the batch may be stored).
     """
     if not docs:
         return []
@@ -41,9 +61,49 @@ def insert_if_absent(collection: Any, docs: list[dict[str, Any]]) -> list[int]:
     except BulkWriteError as exc:
         if not only_duplicates(exc):
             raise
-        return sorted(int(err["index"]) for err in exc.details.get("writeErrors", []))
+        details = exc.details or {}
+        concern = details.get("writeConcernErrors") or []
+        if concern:
+            logger.warning(
+                "pynenc-mongo: %d documents written to %s, but the write concern was not "
+                "satisfied (%s); replication is unconfirmed",
+                len(docs),
+                getattr(collection, "name", "?"),
+                "; ".join(f"code {e.get('code')}: {e.get('errmsg', '')}" for e in concern)[:300],
+            )
+        return sorted(int(err["index"]) for err in details.get("writeErrors") or [])
     except DuplicateKeyError:
         return list(range(len(docs)))
+    return []
+
+
+def surely_unwritten(exc: BaseException, count: int) -> list[int]:
+    """Positions of the documents that a failed :func:`insert_if_absent` of ``count``
+    documents surely did not store, and that no earlier attempt can have stored:
+    the value pieces only they reference may be deleted.
+
+    * a ``BulkWriteError``: the ``writeErrors`` positions rejected for a reason other
+      than a duplicate key (:func:`~pynenc_mongo.errors.rejected_positions`); every
+      other document may be stored;
+    * one document (``count == 1``) refused before writing (e.g. ``DocumentTooLarge``,
+      validation): ``[0]``;
+    * anything else (connection lost, timeout, write concern error, a client-side
+      error in a later batch after earlier ones were sent): ``[]``.
+
+    :param BaseException exc: what :func:`insert_if_absent` raised.
+    :param int count: how many documents it was given.
+    :return: sorted positions.
+    """
+    if isinstance(exc, BulkWriteError):
+        details = exc.details or {}
+        duplicates = {
+            int(err["index"])
+            for err in details.get("writeErrors") or []
+            if err.get("code") == DUPLICATE_KEY
+        }
+        return sorted(errors.rejected_positions(exc) - duplicates)
+    if count == 1 and not isinstance(exc, DuplicateKeyError) and errors.is_surely_not_applied(exc):
+        return [0]
     return []
 
 

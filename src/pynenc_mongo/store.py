@@ -39,12 +39,20 @@ from pynenc_mongo.client import get_database
 from pynenc_mongo.config import ConfigMongo, describe, effective_database
 from pynenc_mongo.errors import (
     MAX_DOCUMENT_BYTES,
+    MongoIndexMissingError,
     MongoLimitError,
+    WriteOutcome,
     is_document_too_large,
-    is_transient,
     with_retry,
+    write_outcome,
 )
-from pynenc_mongo.indexes import ensure_collection_indexes
+from pynenc_mongo.indexes import (
+    SETUP_SCRIPT,
+    UniqueIndexState,
+    ensure_collection_indexes,
+    unique_index_state,
+    warn_once,
+)
 from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.schema import F_APP
 
@@ -141,7 +149,10 @@ class MongoStore:
         """The database handle (the process's shared client; made on first use)."""
         conf = self.conf
         return get_database(
-            conf.mongo_url, self.database_name, conf.mongo_server_selection_timeout_seconds
+            conf.mongo_url,
+            self.database_name,
+            conf.mongo_server_selection_timeout_seconds,
+            conf.mongo_socket_timeout_seconds,
         )
 
     def collection(self, logical: str) -> Collection[dict[str, Any]]:
@@ -175,6 +186,71 @@ class MongoStore:
     def app_filter(self, **fields: Any) -> dict[str, Any]:
         """``{"app_id": <this app>, **fields}``: the start of every query's filter."""
         return {F_APP: self.app_id, **fields}
+
+    def unique_state(self, logical: str, index: str) -> UniqueIndexState:
+        """Whether the unique index ``index`` of ``logical`` is known to exist.
+
+        Ensures the collection's indexes first (see :meth:`collection`), which with
+        ``mongo_create_indexes`` on creates it if it can.
+
+        :param str logical: a logical collection name.
+        :param str index: the name of one of its unique indexes in the catalogue.
+        :return: PRESENT, MISSING or UNVERIFIED (``listIndexes`` refused).
+        :raises KeyError: ``index`` is not a unique index of ``logical``.
+        """
+        specs = [
+            spec
+            for spec in schema.indexes_for(logical, retention=True)
+            if spec.unique and spec.name == index
+        ]
+        if not specs:
+            raise KeyError(f"{index!r} is not a unique index of collection {logical!r}")
+        collection = self.physical_collection(logical)
+        state = unique_index_state(collection, index)
+        return state if state is not None else UniqueIndexState.UNVERIFIED
+
+    def require_unique(self, logical: str, index: str | None = None) -> None:
+        """Refuse a write whose race-safety rests on a unique index that is missing.
+
+        Call it before an upsert or insert that relies on the unique index to keep
+        one document per key (two writers upserting the same new key both insert
+        without it). Costs no I/O once the collection's indexes were ensured in
+        this process. An index that could not be verified (no ``listIndexes``
+        privilege) is not refused: one warning per process says so.
+
+        :param str logical: a logical collection name.
+        :param str | None index: the unique index the write relies on; None for
+            every unique index of ``logical``.
+        :raises pynenc_mongo.errors.MongoIndexMissingError: naming the collection, the
+            index, its keys and :data:`~pynenc_mongo.indexes.SETUP_SCRIPT`.
+        :raises KeyError: ``index`` is not a unique index of ``logical``.
+        """
+        names = (
+            [index]
+            if index is not None
+            else [s.name for s in schema.indexes_for(logical, retention=True) if s.unique]
+        )
+        for name in names:
+            state = self.unique_state(logical, name)
+            physical = self.names[logical]
+            if state is UniqueIndexState.MISSING:
+                spec = next(s for s in schema.INDEXES if s.collection == logical and s.name == name)
+                raise MongoIndexMissingError(
+                    f"the unique index {name!r} {spec.describe()} on collection {physical!r} "
+                    f"({self.describe_target()}) is missing, and this write is race-safe only "
+                    f"with it; run `{SETUP_SCRIPT}` (or let mongo_create_indexes create it)",
+                    physical,
+                    name,
+                )
+            if state is UniqueIndexState.UNVERIFIED:
+                warn_once(
+                    f"unverified:{self.database_name}.{physical}.{name}",
+                    "pynenc-mongo: the unique index %s on %s could not be verified (no "
+                    "listIndexes privilege?); writes that rely on it proceed. Run `%s --check`.",
+                    name,
+                    physical,
+                    SETUP_SCRIPT,
+                )
 
     @staticmethod
     def retry[T](func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -354,9 +430,8 @@ class MongoStore:
         try:
             before = self._switch_pointer(logical, filter_, path, prepared)
         except PyMongoError as exc:
-            if not is_document_too_large(exc):
-                if not is_transient(exc):  # surely not applied: the new pieces are unused
-                    self.delete_pieces(prepared.stored)
+            if not is_document_too_large(exc) or write_outcome(exc) is not WriteOutcome.REJECTED:
+                self._forget_unless_pointed_at(logical, filter_, path, prepared, exc)
                 raise
             if prepared.pieces:
                 self.delete_pieces(prepared.stored)
@@ -365,12 +440,54 @@ class MongoStore:
             prepared = self.prepare_value(owner, text, limit, force_pieces=True)
             try:
                 before = self._switch_pointer(logical, filter_, path, prepared)
-            except PyMongoError:
-                self.delete_pieces(prepared.stored)
+            except PyMongoError as again:
+                self._forget_unless_pointed_at(logical, filter_, path, prepared, again)
                 raise
         old = at_path(before, path)
         if values.reference_id(old) not in (None, values.reference_id(prepared.stored)):
             self.delete_pieces(old)
+
+    def _forget_unless_pointed_at(
+        self,
+        logical: str,
+        filter_: dict[str, Any],
+        path: str,
+        prepared: values.PreparedValue,
+        exc: PyMongoError,
+    ) -> None:
+        """After a failed pointer switch: delete the new pieces only when no stored
+        pointer can reference them.
+
+        * surely not applied (:func:`~pynenc_mongo.errors.write_outcome` REJECTED):
+          delete them;
+        * applied but the write concern failed (APPLIED; the server has finished
+          the write, it replied): re-read the pointer and delete them only if it
+          points elsewhere (then the write did not land, or a later writer replaced
+          it and deletes what it replaced); if the re-read fails, keep them;
+        * unknown (connection lost, timeout: the write may still be running on the
+          server): keep them. An unreferenced piece costs space; a deleted
+          referenced one makes the value unreadable for good.
+
+        The pieces of the value replaced by an applied write are not known here
+        (the reply was lost) and stay (README, "known gaps").
+        """
+        value_id = values.reference_id(prepared.stored)
+        if value_id is None:
+            return
+        outcome = write_outcome(exc)
+        if outcome is WriteOutcome.REJECTED:
+            self.delete_pieces(prepared.stored)
+            return
+        if outcome is WriteOutcome.UNKNOWN:
+            return
+        try:
+            doc = self.retry(
+                self.physical_collection(logical).find_one, filter_, {path: 1, "_id": 0}
+            )
+        except PyMongoError:
+            return
+        if values.reference_id(at_path(doc, path)) != value_id:
+            self.delete_pieces(prepared.stored)
 
     def _switch_pointer(
         self,

@@ -164,6 +164,22 @@ def strip_password(url: str) -> str:
     return scheme + netloc + _filter_query(rest, None)
 
 
+def option_names(url: str) -> set[str]:
+    """The names of the URI options in ``url``'s query string, lower-cased (never
+    raises; nothing is validated).
+
+    :param str url: a connection string.
+    :return: e.g. ``{"authsource", "timeoutms"}``.
+    """
+    _scheme, _userinfo, _hosts, rest = _split(url, lenient=True)
+    _path, _qmark, query = rest.partition("?")
+    return {
+        item.partition("=")[0].strip().lower()
+        for item in query.replace(";", "&").split("&")
+        if item.strip()
+    }
+
+
 def _validate_options(query: str) -> None:
     """Validate URI options one by one so the error names the offending option."""
     for item in query.replace(";", "&").split("&"):
