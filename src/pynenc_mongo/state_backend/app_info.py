@@ -1,6 +1,6 @@
 """App info: the ``app_infos`` collection (one document per app, for discovery).
 
-Config values are stored without secrets (:func:`without_secrets`). pynenc stores
+Config values are stored without credentials (:func:`safe_config_values`). pynenc stores
 the app info when it creates the backend; if the server cannot be reached then,
 the info is kept as pending and stored by the next operation that reaches the
 server (the backend's ``before_operation`` hook calls :meth:`AppInfos.store_pending`).
@@ -8,63 +8,32 @@ server (the backend's ``before_operation`` hook calls :meth:`AppInfos.store_pend
 
 from __future__ import annotations
 
-import re
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import PyMongoError
+
 from pynenc_mongo import schema
-from pynenc_mongo.errors import translate_errors
+from pynenc_mongo.errors import is_refused_write, translate_errors
+from pynenc_mongo.redaction import redact_config
 from pynenc_mongo.schema import F_APP
 from pynenc_mongo.state_backend.common import StorePart
 from pynenc_mongo.store import MongoStore, check_document_size
-from pynenc_mongo.urls import SCHEMES, strip_password
 
 if TYPE_CHECKING:
     from pynenc.app_info import AppInfo
 
-_SECRET_KEY = re.compile(
-    r"pass(word)?|passwd|pwd|secret|token|credential|api_?key|private_?key|auth(?!ors?\b)|"
-    r"(^|_)key$|cookie|session|signature",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*@|^[^/?#\s]*:[^/?#\s]*@")
-
-
-def without_secrets(value: Any, key: Any = None) -> Any:
-    """A copy of a config value with secrets removed, recursively.
-
-    * values under keys that look secret (password, secret, token, credential,
-      api key, private key) are dropped, unless the key names a URL;
-    * strings that are URLs with user info (any scheme: ``mongodb://``,
-      ``mongomock://``, ``redis://``...) lose their password and secret options
-      (:func:`~pynenc_mongo.urls.strip_password`, or ``***`` for other schemes);
-    * dicts, lists, tuples and sets are walked.
-    """
-    if isinstance(value, str):
-        if _URL_USERINFO.search(value) or value.startswith(SCHEMES):
-            return strip_password(value)
-        return value
-    if isinstance(value, dict):
-        safe: dict[Any, Any] = {}
-        for k, v in value.items():
-            if isinstance(k, str) and _SECRET_KEY.search(k) and "url" not in k.lower():
-                continue
-            safe[k] = without_secrets(v, k)
-        return safe
-    if isinstance(value, list):
-        return [without_secrets(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(without_secrets(v) for v in value)
-    if isinstance(value, set | frozenset):
-        return type(value)(without_secrets(v) for v in value)
-    return value
+logger = logging.getLogger("pynenc_mongo")
 
 
 def safe_config_values(config_values: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Config values without secrets (see :func:`without_secrets`); None stays None."""
+    """Config values without credentials (:func:`pynenc_mongo.redaction.redact_config`:
+    secret setting names, URL user info, secret ``name=value`` pairs in URLs and DSNs);
+    None stays None."""
     if config_values is None:
         return None
-    safe = without_secrets(config_values)
+    safe = redact_config(config_values)
     assert isinstance(safe, dict)
     return safe
 
@@ -108,6 +77,18 @@ class AppInfos(StorePart):
                     doc,
                     upsert=True,
                 )
+            except PyMongoError as exc:
+                if not is_refused_write(exc):
+                    raise
+                # Refused for authorization or validation (a read-only or restricted
+                # role): retrying before every operation cannot succeed. The app works
+                # without it; only discovery (pynmon) misses this app.
+                logger.warning(
+                    "pynenc-mongo: app info of %r not stored, the server refused it "
+                    "(code %s); discovery will not list this app",
+                    app_info.app_id[:80],
+                    getattr(exc, "code", None),
+                )
             finally:
                 self._local.storing = False
             self.pending = None
@@ -129,4 +110,4 @@ class AppInfos(StorePart):
         return schema.app_info_from(doc)
 
 
-__all__ = ["AppInfos", "safe_config_values", "without_secrets"]
+__all__ = ["AppInfos", "safe_config_values"]
