@@ -79,7 +79,9 @@ def test_eight_processes_fire_a_shared_cron_once_per_slot(
     # The database agrees: one valid condition recorded per slot, the last one in the
     # third slot.
     assert len(_valid_cron_ids(shared_app)) == 3
-    last = shared_app.trigger.get_last_cron_execution(CronCondition(trigger_workers.CRON).condition_id)
+    last = shared_app.trigger.get_last_cron_execution(
+        CronCondition(trigger_workers.CRON).condition_id
+    )
     assert last is not None and slots[2] <= last < slots[2] + timedelta(seconds=3)
 
 
@@ -111,9 +113,7 @@ def test_a_new_process_registering_again_does_not_fire_twice_in_a_slot(
     assert len(_valid_cron_ids(shared_app)) == 1
 
 
-def test_links_made_while_an_event_is_emitted_are_kept(
-    server_url: str, shared_app: Pynenc
-) -> None:
+def test_links_made_while_an_event_is_emitted_are_kept(server_url: str, shared_app: Pynenc) -> None:
     if not hasattr(shared_app.trigger, "evaluate_and_record_conditions"):
         pytest.skip("pynenc 0.2.3 stores no event records")
     app_id = shared_app.app_id

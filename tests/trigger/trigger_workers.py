@@ -76,9 +76,7 @@ def cron_worker(
     results.put((index, per_slot))
 
 
-def reregister_worker(
-    url: str, database: str, app_id: str, when: datetime, results: Any
-) -> None:
+def reregister_worker(url: str, database: str, app_id: str, when: datetime, results: Any) -> None:
     """A new process: register the cron condition again, then check it at ``when``.
     Puts ``(fires, last cron execution seen after registering)`` on ``results``."""
     app = build_trigger_app(url, app_id, database)

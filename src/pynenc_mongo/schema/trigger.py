@@ -3,14 +3,15 @@
 Every document carries ``app_id``; every index (but the TTL one) starts with it.
 Names get the ``mongo_collection_prefix`` (default ``pynenc_``).
 
-Conditions and claims are keyed by a compound ``_id`` ``{app_id, id}`` (in this field
-order): their compare-and-set filters (``{_id, last_cron_execution: expected}``,
-``{_id, expires_at: {$lte: now}}``) are point lookups on the ``_id`` index, and the
+Conditions and claims are keyed by an ``_id`` naming the app and the id
+(:func:`document_id`, ``'["<app_id>","<id>"]'``): their compare-and-set filters
+(``{_id, last_cron_execution: expected}``, ``{_id, expires_at: {$lte: now}}``) are
+point lookups on the ``_id`` index, and the
 ``_id`` index is the unique key an upsert race is decided on.
 
 ``trigger_conditions`` -- one document per condition::
 
-    {_id: {app_id, id: condition_id}, app_id, condition_id,
+    {_id: '["<app_id>","<condition_id>"]', app_id, condition_id,
      condition_json?, context_type?,                        # absent until registered
      source_task_ids: [task_id_key, ...],                   # tasks the condition watches
      last_cron_execution: Date | null}                      # cron conditions only
@@ -36,7 +37,7 @@ order): their compare-and-set filters (``{_id, last_cron_execution: expected}``,
 
 ``trigger_run_claims`` -- who may execute a trigger run::
 
-    {_id: {app_id, id: trigger_run_id}, app_id, trigger_run_id,
+    {_id: '["<app_id>","<trigger_run_id>"]', app_id, trigger_run_id,
      claimed_at: Date, expires_at: Date}
 
   A claim is live while ``expires_at`` is in the future; the expiry check is in the
@@ -95,7 +96,6 @@ COLLECTIONS: Final[tuple[str, ...]] = (
 )
 
 # Field names used in queries (kept here so indexes and queries agree).
-F_KEY_ID: Final = "id"
 F_COND: Final = "condition_id"
 F_SOURCES: Final = "source_task_ids"
 F_LAST_CRON: Final = "last_cron_execution"
@@ -156,6 +156,16 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
     IndexSpec(RUNS, ((F_APP, 1), (F_ASR, 1)), "app_atomic_service_run"),
     IndexSpec(RUNS, ((F_APP, 1), (F_SORT, -1), (F_RUN, -1)), "app_sort"),
 )
+
+
+def document_id(app_id: str, id_: str) -> str:
+    """The ``_id`` of a condition or claim document: the JSON array ``[app_id, id_]``
+    (unambiguous whatever the two strings hold; two apps never share an ``_id``).
+
+    A string rather than a subdocument: mongomock's TTL emulation cannot delete
+    documents whose ``_id`` is a subdocument.
+    """
+    return json.dumps([app_id, id_], separators=(",", ":"))
 
 
 def filter_key(values: Iterable[str | None]) -> str:

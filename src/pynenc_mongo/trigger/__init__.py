@@ -5,14 +5,15 @@ Select it by name: ``Pynenc(config_values={"trigger_cls": "MongoTrigger", "mongo
 ...})`` (or ``PYNENC__TRIGGER_CLS=MongoTrigger``). Its settings are
 :class:`~pynenc_mongo.trigger.config.ConfigTriggerMongo`.
 
-The class joins three parts, each one module:
+The class joins its parts, one module each:
 
 * :mod:`~pynenc_mongo.trigger.definitions` -- conditions, trigger definitions, the
   task -> conditions mapping and its per-process cache;
 * :mod:`~pynenc_mongo.trigger.cron` -- the cron compare-and-set, trigger-run claims,
   valid conditions;
-* :mod:`~pynenc_mongo.trigger.monitoring` -- events, trigger runs and purge hooks
-  (pynenc 0.4's monitoring API, read by pynmon).
+* :mod:`~pynenc_mongo.trigger.monitoring` -- events and trigger runs (pynenc 0.4's
+  monitoring API, read by pynmon), and :mod:`~pynenc_mongo.trigger.purge` -- their
+  purge hooks by age and by cap.
 
 Collections and indexes: :mod:`pynenc_mongo.schema.trigger`. All I/O goes through one
 :class:`~pynenc_mongo.store.MongoStore`.
@@ -37,7 +38,7 @@ from pynenc_mongo.store import MongoStore
 from pynenc_mongo.trigger.config import ConfigTriggerMongo
 from pynenc_mongo.trigger.cron import CronPart
 from pynenc_mongo.trigger.definitions import DefinitionsPart
-from pynenc_mongo.trigger.monitoring import MonitoringPart
+from pynenc_mongo.trigger.purge import PurgePart
 
 if TYPE_CHECKING:
     from pynenc.app import Pynenc
@@ -52,7 +53,7 @@ def _trigger_config_validator() -> Callable[[Any], None] | None:
     return validate_trigger_config
 
 
-class MongoTrigger(DefinitionsPart, CronPart, MonitoringPart, BaseTrigger):
+class MongoTrigger(DefinitionsPart, CronPart, PurgePart, BaseTrigger):
     """pynenc trigger component that keeps conditions, triggers, cron state, claims,
     events and trigger runs in MongoDB.
 

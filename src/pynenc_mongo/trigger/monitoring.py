@@ -1,4 +1,4 @@
-"""Events, trigger runs and their purge hooks: the records pynmon reads.
+"""Events and trigger runs: the records pynmon reads (purge hooks: :mod:`.purge`).
 
 Filters, counts and order follow pynenc's ``SQLiteTrigger``: ``get_events`` newest
 first, event markers and trigger runs oldest first (executed time, then run id).
@@ -34,9 +34,9 @@ MARKER_STATES: dict[str, tuple[bool | None, bool | None]] = {
     "triggered": (None, True),
     "untriggered": (None, False),
 }
-_NEWEST_FIRST = [(layout.F_TS_US, -1), (layout.F_EVENT, -1)]
+NEWEST_FIRST = [(layout.F_TS_US, -1), (layout.F_EVENT, -1)]
 _OLDEST_FIRST = [(layout.F_TS_US, 1), (layout.F_EVENT, 1)]
-_RUN_ORDER = [(layout.F_EXECUTED, 1), (layout.F_RUN, 1)]
+RUN_ORDER = [(layout.F_EXECUTED, 1), (layout.F_RUN, 1)]
 _EVENT_FIELDS = {"event_json": 1, layout.F_EVENT: 1, "triggered_invocation_ids": 1, "_id": 0}
 
 
@@ -47,7 +47,7 @@ def _either(flag: bool | None) -> Any:
 
 
 class MonitoringPart(TriggerPart):
-    """Event and trigger-run records for pynmon, and their purge hooks."""
+    """Event and trigger-run records for pynmon."""
 
     # ------------------------------------------------------------------ events
     def _event_filter(
@@ -184,7 +184,7 @@ class MonitoringPart(TriggerPart):
             emitted_by_invocation_id,
             emitted_by_task_id,
         )
-        docs = self._find(layout.EVENTS, query, _EVENT_FIELDS, _NEWEST_FIRST, offset, limit)
+        docs = self._find(layout.EVENTS, query, _EVENT_FIELDS, NEWEST_FIRST, offset, limit)
         return [r for r in map(self._event_from_doc, docs) if r is not None]
 
     @translate_errors
@@ -360,7 +360,7 @@ class MonitoringPart(TriggerPart):
         by id, whose index has no time field)."""
         from pynenc.trigger.monitoring import TriggerRunRecord
 
-        sort = _RUN_ORDER if ordered else None
+        sort = RUN_ORDER if ordered else None
         docs = self._find(layout.RUNS, query, {"run_json": 1, "_id": 0}, sort, 0, limit)
         return [TriggerRunRecord.from_json(doc["run_json"]) for doc in docs]
 
@@ -438,99 +438,5 @@ class MonitoringPart(TriggerPart):
         )
         return {value for value in ids if isinstance(value, str) and value}
 
-    # ------------------------------------------------------------------ purge hooks
-    def _delete_events(self, ids: list[str]) -> None:
-        collection = self._collection(layout.EVENTS)
-        for part in chunks(ids):
-            self._retry(
-                collection.delete_many,
-                self._store.app_filter(**{layout.F_EVENT: {"$in": list(part)}}),
-            )
 
-    def _delete_runs(self, ids: list[str]) -> None:
-        collection = self._collection(layout.RUNS)
-        for part in chunks(ids):
-            self._retry(
-                collection.delete_many,
-                self._store.app_filter(**{layout.F_RUN: {"$in": list(part)}}),
-            )
-
-    def _event_ids(self, query: dict[str, Any], skip: int = 0) -> list[str]:
-        """At most one batch of event ids, newest first."""
-        docs = self._find(
-            layout.EVENTS, query, {layout.F_EVENT: 1, "_id": 0}, _NEWEST_FIRST, skip, 500
-        )
-        return [doc[layout.F_EVENT] for doc in docs]
-
-    @translate_errors
-    def _age_purge_events(self, threshold: datetime) -> list[str]:
-        """Delete events older than ``threshold``, 500 per batch; return their ids."""
-        removed: list[str] = []
-        query = self._event_filter(before_us=to_us(threshold))
-        while batch := self._event_ids(query):
-            self._delete_events(batch)
-            removed += batch
-        return removed
-
-    @translate_errors
-    def _cap_purge_events(self) -> list[str]:
-        """Delete the oldest events beyond ``event_max_records``, 500 per batch."""
-        cap = self._settings().event_max_records
-        if cap <= 0:
-            return []
-        removed: list[str] = []
-        while batch := self._event_ids(self._event_filter(), skip=cap):
-            self._delete_events(batch)
-            removed += batch
-        return removed
-
-    def _run_ids(
-        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int = 0
-    ) -> list[str]:
-        docs = self._find(layout.RUNS, query, {layout.F_RUN: 1, "_id": 0}, sort, skip, 500)
-        return [doc[layout.F_RUN] for doc in docs]
-
-    @translate_errors
-    def _age_purge_trigger_runs(self, threshold: datetime) -> int:
-        """Delete runs executed before ``threshold``, 500 per batch; return the count."""
-        query = self._store.app_filter(
-            **{
-                layout.F_KEYS: layout.filter_key((None, None)),
-                layout.F_EXECUTED: {"$lt": to_us(threshold)},
-            }
-        )
-        count = 0
-        while batch := self._run_ids(query, _RUN_ORDER):
-            self._delete_runs(batch)
-            count += len(batch)
-        return count
-
-    @translate_errors
-    def _cascade_delete_runs_for_events(self, event_ids: list[str]) -> int:
-        """Delete runs that reference any of ``event_ids``: one ``delete_many`` per 500."""
-        count = 0
-        collection = self._collection(layout.RUNS)
-        for part in chunks(unique(event_ids)):
-            result = self._retry(
-                collection.delete_many,
-                self._store.app_filter(**{layout.F_EVENT_IDS: {"$in": list(part)}}),
-            )
-            count += result.deleted_count
-        return count
-
-    @translate_errors
-    def _cap_purge_trigger_runs(self) -> int:
-        """Delete the oldest runs beyond ``trigger_run_max_records`` (by executed, else
-        claimed time, as SQLite), 500 per batch; return the count."""
-        cap = self._settings().trigger_run_max_records
-        if cap <= 0:
-            return 0
-        count = 0
-        order = [(layout.F_SORT, -1), (layout.F_RUN, -1)]
-        while batch := self._run_ids(self._store.app_filter(), order, skip=cap):
-            self._delete_runs(batch)
-            count += len(batch)
-        return count
-
-
-__all__ = ["MARKER_STATES", "MonitoringPart"]
+__all__ = ["MARKER_STATES", "NEWEST_FIRST", "RUN_ORDER", "MonitoringPart"]

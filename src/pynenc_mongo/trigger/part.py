@@ -44,8 +44,14 @@ def to_millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def chunks[T](items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]:
-    """``items`` in consecutive slices of at most ``size``."""
+def batch_size() -> int:
+    """:data:`BATCH_SIZE`, read at each use (tests make it smaller)."""
+    return BATCH_SIZE
+
+
+def chunks[T](items: Sequence[T], size: int | None = None) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size`` (default :data:`BATCH_SIZE`)."""
+    size = size or batch_size()
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -75,10 +81,14 @@ class TriggerPart:
         return self._store.describe_target()
 
     def _by_id(self, id_: str, **fields: Any) -> dict[str, Any]:
-        """The filter of the document keyed ``{app_id, id}`` (conditions, claims), with
-        ``fields`` as further conditions: a point lookup on the ``_id`` index."""
-        key = {F_APP: self._store.app_id, layout.F_KEY_ID: id_}
-        return {"_id": key, F_APP: self._store.app_id, **fields}
+        """The filter of the document keyed by (app id, ``id_``) (conditions, claims),
+        with ``fields`` as further conditions: a point lookup on the ``_id`` index.
+        See :func:`pynenc_mongo.schema.trigger.document_id`."""
+        return {
+            "_id": layout.document_id(self._store.app_id, id_),
+            F_APP: self._store.app_id,
+            **fields,
+        }
 
     def _collection(self, logical: str) -> Collection[dict[str, Any]]:
         """The physical collection of ``logical`` (indexes ensured)."""
