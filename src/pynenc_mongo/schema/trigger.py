@@ -6,8 +6,8 @@ Names get the ``mongo_collection_prefix`` (default ``pynenc_``).
 Conditions and claims are keyed by an ``_id`` naming the app and the id
 (:func:`document_id`, ``'["<app_id>","<id>"]'``): their compare-and-set filters
 (``{_id, last_cron_execution: expected}``, ``{_id, expires_at: {$lte: now}}``) are
-point lookups on the ``_id`` index, and the
-``_id`` index is the unique key an upsert race is decided on.
+point lookups on the ``_id`` index, which is also the unique key an upsert race is
+decided on.
 
 ``trigger_conditions`` -- one document per condition::
 
@@ -51,11 +51,13 @@ point lookups on the ``_id`` index, and the
      emitted_by_runner_context_id, filter_keys: [str, ...],
      triggered: bool, triggered_invocation_ids: [...], trigger_run_ids: [...]}
 
-  The ``triggered*`` fields are changed only by ``$addToSet`` (links are never
-  rewritten by ``store_event``). ``filter_keys`` holds one key per combination of the
-  optional equality filters of ``get_events`` (event code, emitting invocation,
-  emitting task; see :func:`event_filter_keys`), so one index serves every
-  combination with the time sort.
+  Links only grow: ``triggered_invocation_ids`` and ``trigger_run_ids`` change only by
+  ``$addToSet`` and ``triggered`` only to true (``store_event`` never rewrites them).
+  ``filter_keys`` holds one key per combination of the optional equality filters of
+  ``get_events`` (event code, emitting invocation, emitting task; see
+  :func:`combination_keys`), so one index serves every combination with the time sort;
+  ``matched`` and ``triggered`` are always in the filter (``$in: [false, true]`` when
+  not filtered) for the same reason.
 
 ``trigger_runs`` -- one document per trigger run::
 
@@ -66,7 +68,8 @@ point lookups on the ``_id`` index, and the
 
   The id arrays join the record's own lists and its participants' ids (what pynenc's
   SQLite trigger indexes in ``trigger_run_conditions``); ``event_codes`` are the codes
-  of the referenced events when the run is stored.
+  of the referenced events when the run is stored, and ``filter_keys`` the combinations
+  of (event code, task) for ``get_trigger_runs_in_timerange``.
 """
 
 from __future__ import annotations
