@@ -7,7 +7,8 @@ the local wire test server, or ``PYNENC_MONGO_TEST_URL`` (``server_url`` fixture
 * a new process re-registering the condition after a fire neither resets the last
   execution nor fires again in that slot;
 * an event whose ``emit_event`` is paused between its two writes while two other
-  processes link trigger runs to it keeps both links.
+  processes link trigger runs to it keeps both links;
+* a task without triggers costs no trigger round trip per invocation (on the server).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pynenc.trigger.conditions import CronCondition
 from run_settings import RUN_DATABASE
 from trigger_support import build_trigger_app, dispose
 
+from pynenc_mongo.monitoring import count_operations
 from pynenc_mongo.schema import trigger as layout
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -151,3 +153,29 @@ def test_links_made_while_an_event_is_emitted_are_kept(server_url: str, shared_a
         "inv-b",
     ]
     assert shared_app.trigger.count_events(triggered=True) == 1
+
+
+def test_a_task_without_triggers_costs_no_trigger_round_trip(shared_app: Pynenc) -> None:
+    """pynenc's per-invocation trigger reports for real invocations of a task without
+    triggers (routing reports REGISTERED; then PENDING, RUNNING, SUCCESS, and the result,
+    whose report looks the conditions up with ``ResultContext``): no operation once the
+    first lookup is cached (the state backend's reads of the invocation are cached)."""
+    from pynenc.invocation.status import InvocationStatus
+    from pynenc.trigger.conditions import ResultContext
+    from trigger_support import plain
+
+    plain.app = shared_app
+    trigger = shared_app.trigger
+    invocations = [plain(i) for i in range(20)]  # routing reports REGISTERED (first lookup)
+    ids = [inv.invocation_id for inv in invocations]
+    for invocation_id in ids:
+        shared_app.state_backend.get_invocation(invocation_id)  # the backend's cache
+    with count_operations() as ops:
+        for invocation in invocations:
+            for status in (InvocationStatus.PENDING, InvocationStatus.RUNNING):
+                trigger.report_tasks_status([invocation.invocation_id], status)
+            trigger.report_tasks_status([invocation.invocation_id], InvocationStatus.SUCCESS)
+            # report_invocation_result's lookup (the result context itself needs a
+            # SUCCESS status record, which the memory orchestrator here does not hold)
+            trigger.get_conditions_sourced_from_task(invocation.task.task_id, ResultContext)
+    assert ops.total == 0, ops.counts

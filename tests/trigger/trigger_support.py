@@ -43,3 +43,14 @@ def dispose(app: Pynenc) -> None:
     if backend is not None:
         backend.purge()
         backend.close()
+
+
+#: A module-level app for :func:`plain` (pynenc tasks must be defined at module level);
+#: tests bind the task to the app under test (``plain.app = app``), as pynenc's suites do.
+_module_app = Pynenc(config_values={"app_id": "trigger-support"})
+
+
+@_module_app.task
+def plain(x: int) -> int:
+    """A task that no condition watches."""
+    return x + 1
