@@ -13,16 +13,19 @@ from pynenc_mongo.errors import (
     MongoUnavailableError,
 )
 from pynenc_mongo.state_backend import MongoStateBackend
+from pynenc_mongo.trigger import ConfigTriggerMongo, MongoTrigger
 from pynenc_mongo.urls import MongoUrlError
 
 __all__ = [
     "AsyncOperationError",
     "ConfigMongo",
     "ConfigStateBackendMongo",
+    "ConfigTriggerMongo",
     "MongoAuthenticationError",
     "MongoBackendError",
     "MongoConfigError",
     "MongoStateBackend",
+    "MongoTrigger",
     "MongoUnavailableError",
     "MongoUrlError",
 ]
