@@ -13,41 +13,13 @@ in the root conftest, so they are imported here instead.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
-from pynenc import Pynenc, PynencBuilder
-from pynenc_tests.integration.orchestrator.conftest import (  # noqa: F401  (fixtures)
-    dummy_invocation_io,
-    task_concat_io,
-    task_dummy_io,
-    task_key_arg_io,
-    task_mirror_io,
-    task_running_key_arg_io,
-    task_sum_io,
-)
-from run_settings import RUN_DATABASE
-
-
-def orchestrator_app(url: str, app_id: str | None = None, **config: Any) -> Pynenc:
-    """An app on ``url`` with ``MongoOrchestrator`` and ``MongoStateBackend``.
-
-    :param str url: the Mongo URL.
-    :param str | None app_id: the app id (a unique one by default).
-    :param config: more config values (e.g. ``max_pending_seconds``).
-    :return: the app (components created lazily).
-    """
-    builder = (
-        PynencBuilder()
-        .app_id(app_id or f"orch-{uuid.uuid4().hex[:8]}")
-        .memory()
-        .mongo(url=url, database=RUN_DATABASE)
-    )
-    builder._config["orchestrator_cls"] = "MongoOrchestrator"
-    builder._config.update(config)
-    return builder.build()
+from orch_workers import orchestrator_app
+from pynenc import Pynenc
+from pynenc_tests.integration.orchestrator.conftest import *  # noqa: F403  (task fixtures)
 
 
 @pytest.fixture

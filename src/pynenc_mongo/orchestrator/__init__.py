@@ -341,9 +341,7 @@ class MongoOrchestrator(BaseOrchestrator):
         if limit <= 0:
             return []
         query = self._filter(task_id.key if task_id else None, statuses)
-        return self._ids(
-            query, [(s.F_REG, -1), (s.F_INV, -1)], skip=max(offset, 0), limit=limit
-        )
+        return self._ids(query, [(s.F_REG, -1), (s.F_INV, -1)], skip=max(offset, 0), limit=limit)
 
     @translate_errors
     def count_invocations(

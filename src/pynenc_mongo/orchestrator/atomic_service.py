@@ -296,7 +296,11 @@ class AtomicServiceLedger:
 
         docs = self.store.retry(read)
         if min_us > 0:
-            docs = [d for d in docs if d.get(s.F_END) is not None and d[s.F_END] - d[s.F_START] >= min_us]
+            docs = [
+                d
+                for d in docs
+                if d.get(s.F_END) is not None and d[s.F_END] - d[s.F_START] >= min_us
+            ]
         return [self.execution_of(doc) for doc in docs[:limit]]
 
     # ------------------------------------------------------------------ purge

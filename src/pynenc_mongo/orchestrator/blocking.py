@@ -145,7 +145,9 @@ class MongoBlockingControl(BaseBlockingControl):
             after = (last_time, None)
         return found[:limit]
 
-    def _unblocked_available(self, candidates: list[str], available: list[str]) -> list[InvocationId]:
+    def _unblocked_available(
+        self, candidates: list[str], available: list[str]
+    ) -> list[InvocationId]:
         """The candidates (in order) that wait on nobody and whose status is available."""
         store = self.store
         waiting = set(

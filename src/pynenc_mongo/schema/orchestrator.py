@@ -153,7 +153,9 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         "orch_inv_task_args_status",
     ),
     # pages by task only (newest first).
-    IndexSpec(INVOCATIONS, ((F_APP, 1), (F_TASK, 1), (F_REG, -1), (F_INV, -1)), "orch_inv_task_reg"),
+    IndexSpec(
+        INVOCATIONS, ((F_APP, 1), (F_TASK, 1), (F_REG, -1), (F_INV, -1)), "orch_inv_task_reg"
+    ),
     # pages and counts by statuses only.
     IndexSpec(
         INVOCATIONS, ((F_APP, 1), (F_STATUS, 1), (F_REG, -1), (F_INV, -1)), "orch_inv_status_reg"
@@ -200,9 +202,7 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         "orch_exec_status_end",
     ),
     # executions overlapping a window, newest first (optionally of one runner).
-    IndexSpec(
-        ATOMIC_EXECUTIONS, ((F_APP, 1), (F_START, -1), (F_COVER_END, 1)), "orch_exec_window"
-    ),
+    IndexSpec(ATOMIC_EXECUTIONS, ((F_APP, 1), (F_START, -1), (F_COVER_END, 1)), "orch_exec_window"),
     IndexSpec(
         ATOMIC_EXECUTIONS,
         ((F_APP, 1), (F_EXEC_RUNNER, 1), (F_START, -1), (F_COVER_END, 1)),
