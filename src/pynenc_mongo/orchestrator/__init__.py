@@ -31,7 +31,6 @@ status-dependent filter comes from ``get_status_definition()``.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -47,7 +46,14 @@ from pynenc_mongo.errors import translate_errors
 from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.orchestrator.blocking import MongoBlockingControl
 from pynenc_mongo.orchestrator.config import ConfigOrchestratorMongo
+from pynenc_mongo.orchestrator.registration import (
+    ARG_HASH_CHARS,
+    IdSet,
+    argument_hashes,
+    uses_concurrency_control,
+)
 from pynenc_mongo.orchestrator.runners import RunnerRegistry, now_us
+from pynenc_mongo.orchestrator.service_methods import AtomicServiceMethods
 from pynenc_mongo.orchestrator.transitions import gate_for, record_of, transition
 from pynenc_mongo.schema import orchestrator as s
 from pynenc_mongo.schema.layout import F_APP, to_us
@@ -56,73 +62,18 @@ from pynenc_mongo.store import MongoStore
 if TYPE_CHECKING:
     from pynenc.app import Pynenc
     from pynenc.identifiers.call_id import CallId
+    from pynenc.identifiers.task_id import TaskId
     from pynenc.invocation.dist_invocation import DistributedInvocation
-    from pynenc.orchestrator.atomic_service import (
-        ActiveRunnerInfo,
-        AtomicServiceExecution,
-        AtomicServiceExecutionStatus,
-        AtomicServiceRun,
-    )
-    from pynenc.task import Task, TaskId
+    from pynenc.orchestrator.atomic_service import ActiveRunnerInfo
+    from pynenc.task import Task
 
     from pynenc_mongo.orchestrator.atomic_service import AtomicServiceLedger
 
 #: pynenc >= 0.3 has the atomic-service storage gate (``record_..._start``).
 HAS_ATOMIC_GATE = hasattr(BaseOrchestrator, "record_atomic_service_execution_start")
-#: Characters of the sha256 hex digest kept per argument (128 bits).
-ARG_HASH_CHARS = 32
-#: How many ids the per-process "already done" sets remember.
-ID_SET_SIZE = 10_000
 
 
-def argument_hashes(arguments: dict[str, str]) -> list[str]:
-    """``sha256(key NUL value)`` per argument, hex, :data:`ARG_HASH_CHARS` long.
-
-    Serialized values can be large; their hashes keep the ``args_h`` index keys
-    bounded. Two different pairs share a hash with probability about 2**-128.
-
-    :param dict arguments: argument name -> serialized value.
-    :return: the hashes, sorted.
-    """
-    return sorted(
-        hashlib.sha256(f"{key}\x00{value}".encode("utf-8", "surrogatepass")).hexdigest()[
-            :ARG_HASH_CHARS
-        ]
-        for key, value in arguments.items()
-    )
-
-
-class _IdSet:
-    """A bounded, thread-safe set of ids (least recently added forgotten first)."""
-
-    def __init__(self, size: int) -> None:
-        self._ids: LRUCache[str, bool] = LRUCache(maxsize=max(size, 1))
-        self._lock = threading.Lock()
-
-    def add(self, item: str) -> None:
-        with self._lock:
-            self._ids[item] = True
-
-    def take(self, item: str) -> bool:
-        """Remove ``item``; True if it was there."""
-        with self._lock:
-            return self._ids.pop(item, False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._ids.clear()
-
-
-def _uses_concurrency_control(invocation: DistributedInvocation[Any, Any]) -> bool:
-    conf = invocation.call.task.conf
-    for name in ("registration_concurrency", "running_concurrency"):
-        value = getattr(conf, name, None)
-        if value is not None and getattr(value, "name", str(value)) != "DISABLED":
-            return True
-    return False
-
-
-class MongoOrchestrator(BaseOrchestrator):
+class MongoOrchestrator(AtomicServiceMethods, BaseOrchestrator):
     """pynenc's orchestrator on MongoDB.
 
     :param Pynenc app: the app; its config values carry the ``mongo_*`` settings.
@@ -151,9 +102,9 @@ class MongoOrchestrator(BaseOrchestrator):
             else None
         )
         self._cache_lock = threading.Lock()
-        self._stamped = _IdSet(ID_SET_SIZE)  # final transitions that stamped purge_at
-        self._no_waiters = _IdSet(ID_SET_SIZE)  # final transitions that saw no waiters
-        self._args_indexed = _IdSet(ID_SET_SIZE)  # registered with their argument hashes
+        self._stamped = IdSet()  # final transitions that stamped purge_at
+        self._no_waiters = IdSet()  # final transitions that saw no waiters
+        self._args_indexed = IdSet()  # registered with their argument hashes
 
     @cached_property
     def conf(self) -> ConfigOrchestratorMongo:
@@ -246,7 +197,7 @@ class MongoOrchestrator(BaseOrchestrator):
             }
             if gate is not None:
                 doc[s.F_GATE] = gate
-            if _uses_concurrency_control(invocation):
+            if uses_concurrency_control(invocation):
                 doc[s.F_ARGS] = argument_hashes(invocation.call.serialized_arguments)
             docs.append(doc)
         self.store.retry(insert_if_absent, self._invocations, docs)
@@ -525,69 +476,11 @@ class MongoOrchestrator(BaseOrchestrator):
         """RUNNING invocations whose owner has no live heartbeat (ids read first)."""
         return iter(self._runners.running_for_recovery(timeout_seconds))
 
-    @translate_errors
-    def record_atomic_service_execution(
-        self, runner_id: str, start_time: datetime, end_time: datetime
-    ) -> None:
-        """pynenc 0.2.3: keep ``runner_id``'s last atomic-service window."""
-        self._runners.record_service_window(runner_id, start_time, end_time)
 
-    # ------------------------------------------------------------------ atomic services
-    def _gate(self) -> AtomicServiceLedger:
-        if self._ledger is None:  # pragma: no cover (pynenc 0.2.3 never calls these)
-            raise NotImplementedError("atomic-service executions need pynenc >= 0.3")
-        return self._ledger
-
-    @translate_errors
-    def record_atomic_service_execution_start(
-        self,
-        atomic_service_run: AtomicServiceRun,
-        started_at: datetime | None,
-        status: AtomicServiceExecutionStatus | None = None,
-        reason: str = "",
-    ) -> bool:
-        """The storage gate (see :mod:`.atomic_service`): True when the run may work."""
-        from pynenc.orchestrator.atomic_service import AtomicServiceExecutionStatus as Status
-
-        return self._gate().record_start(
-            atomic_service_run, started_at, status or Status.RUNNING, reason
-        )
-
-    @translate_errors
-    def finalize_atomic_service_execution(
-        self,
-        atomic_service_run: AtomicServiceRun,
-        end_time: datetime,
-        status: AtomicServiceExecutionStatus,
-        reason: str = "",
-    ) -> None:
-        """Move the RUNNING execution to ``status``; the first terminal write wins."""
-        self._gate().finalize(atomic_service_run, end_time, status, reason)
-
-    @translate_errors
-    def get_active_atomic_service_executions(self) -> list[AtomicServiceExecution]:
-        """RUNNING executions, most recently started first."""
-        return self._gate().active()
-
-    @translate_errors
-    def get_atomic_service_executions_in_timerange(
-        self,
-        start_time: datetime,
-        end_time: datetime,
-        limit: int = 1000,
-        *,
-        runner_id: str | None = None,
-        min_duration_seconds: float = 0.0,
-    ) -> list[AtomicServiceExecution]:
-        """Executions overlapping the window, newest first."""
-        return self._gate().in_timerange(
-            start_time, end_time, limit, runner_id, min_duration_seconds
-        )
-
-    @translate_errors
-    def purge_atomic_service_executions(self) -> int:
-        """Age and capacity purge of executions (never RUNNING or referenced ones)."""
-        return self._gate().purge()
-
-
-__all__ = ["ConfigOrchestratorMongo", "MongoBlockingControl", "MongoOrchestrator"]
+__all__ = [
+    "ARG_HASH_CHARS",
+    "ConfigOrchestratorMongo",
+    "MongoBlockingControl",
+    "MongoOrchestrator",
+    "argument_hashes",
+]
