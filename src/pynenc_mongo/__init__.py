@@ -12,6 +12,7 @@ from pynenc_mongo.errors import (
     MongoBackendError,
     MongoUnavailableError,
 )
+from pynenc_mongo.orchestrator import MongoBlockingControl, MongoOrchestrator
 from pynenc_mongo.state_backend import MongoStateBackend
 from pynenc_mongo.trigger import ConfigTriggerMongo, MongoTrigger
 from pynenc_mongo.urls import MongoUrlError
@@ -23,7 +24,9 @@ __all__ = [
     "ConfigTriggerMongo",
     "MongoAuthenticationError",
     "MongoBackendError",
+    "MongoBlockingControl",
     "MongoConfigError",
+    "MongoOrchestrator",
     "MongoStateBackend",
     "MongoTrigger",
     "MongoUnavailableError",
