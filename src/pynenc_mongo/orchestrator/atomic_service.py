@@ -31,11 +31,9 @@ still working therefore loses the gate; its own finalize then matches nothing.
 
 from __future__ import annotations
 
-import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import mongomock.collection
 from pymongo.errors import DuplicateKeyError
 from pynenc.orchestrator.atomic_service import (
     AtomicServiceExecution,
@@ -54,8 +52,6 @@ if TYPE_CHECKING:
 
 #: Name of the gate index (``schema.orchestrator``).
 GATE_INDEX = "orch_exec_single_running"
-#: Embedded-store collections whose gate index was made again (see ``_collection``).
-_MOCK_GATES_FIXED: weakref.WeakSet[Any] = weakref.WeakSet()
 #: Gate attempts per start (each after a take-over or a finalize seen in between).
 START_ATTEMPTS = 3
 #: Ids per ``delete_many`` of the purge.
@@ -120,26 +116,9 @@ class AtomicServiceLedger:
         )
 
     def _collection(self) -> Any:
-        """``orchestrator_atomic_service_executions``, with the gate's partial filter.
-
-        mongomock's ``create_indexes`` drops ``partialFilterExpression`` (it passes
-        only ``unique``, ``sparse``, ``expireAfterSeconds`` and ``name`` on), which
-        would make the gate admit one execution per app *ever*; on the embedded store
-        the gate index is therefore made again, once per collection, with
-        ``create_index`` (which keeps it). Real servers get it right the first time.
-        """
-        collection = self.store.collection(s.ATOMIC_EXECUTIONS)
-        if isinstance(collection, mongomock.collection.Collection):
-            store = collection._store  # this store's documents and indexes
-            if store not in _MOCK_GATES_FIXED:
-                spec = next(i for i in s.INDEXES if i.name == GATE_INDEX)
-                info = collection.index_information().get(GATE_INDEX, {})
-                if "partialFilterExpression" not in info:
-                    if info:
-                        collection.drop_index(GATE_INDEX)
-                    collection.create_index(list(spec.keys), **spec.options())
-                _MOCK_GATES_FIXED.add(store)
-        return collection
+        """``orchestrator_atomic_service_executions`` (the gate's partial unique index is
+        ensured by the store layer, on the embedded store too)."""
+        return self.store.collection(s.ATOMIC_EXECUTIONS)
 
     def _put(self, doc: dict[str, Any]) -> None:
         """Write an execution document whole (idempotent)."""
