@@ -69,7 +69,7 @@ def test_processes_claim_each_invocation_exactly_once(server_url: str, tmp_path:
     total = ROUTED_ON_EMULATOR if is_emulator(app) else ROUTED
     routed = [f"inv-{n:05d}" for n in range(total)]
     for batch, priority in zip(range(4), (0.0, 10.0, -5.0, 50.0), strict=True):
-        app.broker.route_invocations(routed[batch::4], "default", priority)
+        app.broker._route_invocations(routed[batch::4], "default", priority)
     assert app.broker.count_invocations() == total
     start = SPAWN.Event()
     outs = [tmp_path / f"claims-{n}.json" for n in range(PROCESSES)]
