@@ -60,6 +60,7 @@ from bson import ObjectId
 from bson.int64 import Int64
 from pynenc.broker.base_broker import BaseBroker
 from pynenc.conf.config_broker import ConfigBroker
+from pynenc.identifiers.invocation_id import InvocationId
 
 from pynenc_mongo.config import ConfigMongo, check_unknown_settings
 from pynenc_mongo.errors import translate_errors
@@ -79,7 +80,6 @@ from pynenc_mongo.store import MongoStore
 if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pynenc.app import Pynenc
-    from pynenc.identifiers.invocation_id import InvocationId
 
 #: True on pynenc 0.2.x, whose broker has no queues or priorities.
 LEGACY_BROKER: Final = not hasattr(BaseBroker, "_route_invocation")
@@ -255,13 +255,7 @@ class MongoBroker(BaseBroker):
         )
         if doc is None:
             return None
-        return self._invocation_id(doc[F_INVOCATION])
-
-    @staticmethod
-    def _invocation_id(value: str) -> InvocationId:
-        from pynenc.identifiers.invocation_id import InvocationId
-
-        return InvocationId(value)
+        return InvocationId(doc[F_INVOCATION])
 
     @translate_errors
     def count_invocations(self, queue_names: Sequence[str] | None = None) -> int:
