@@ -82,7 +82,7 @@ def test_lazy_creation_off_works_without_indexes_and_warns_once(
     [warning] = _warnings(caplog)
     assert SETUP_SCRIPT in warning
     assert "mongo_create_indexes is off" in warning
-    defined = len([spec for spec in schema.state.INDEXES if not spec.retention_only])
+    defined = len([spec for spec in schema.INDEXES if not spec.retention_only])
     assert f"{defined} indexes missing" in warning
 
 
