@@ -5,6 +5,8 @@ component lookup (by class name) finds it; pynenc imports it automatically
 through the ``pynenc.plugins`` entry point.
 """
 
+from pynenc_mongo.broker import ConfigBrokerMongo, MongoBroker
+from pynenc_mongo.client_data_store import ConfigClientDataStoreMongo, MongoClientDataStore
 from pynenc_mongo.config import ConfigMongo, ConfigStateBackendMongo, MongoConfigError
 from pynenc_mongo.errors import (
     AsyncOperationError,
@@ -19,12 +21,16 @@ from pynenc_mongo.urls import MongoUrlError
 
 __all__ = [
     "AsyncOperationError",
+    "ConfigBrokerMongo",
+    "ConfigClientDataStoreMongo",
     "ConfigMongo",
     "ConfigStateBackendMongo",
     "ConfigTriggerMongo",
     "MongoAuthenticationError",
     "MongoBackendError",
     "MongoBlockingControl",
+    "MongoBroker",
+    "MongoClientDataStore",
     "MongoConfigError",
     "MongoOrchestrator",
     "MongoStateBackend",
