@@ -320,6 +320,17 @@ def known_settings() -> set[str]:
     return names
 
 
+#: pynenc-mongo 0.3.0 settings -> what replaces them (one line each, for the error).
+LEGACY_SETTINGS: dict[str, str] = {
+    "mongo_host": "put the host in mongo_url, e.g. mongo_url='mongodb://HOST:PORT/'",
+    "mongo_port": "put the port in mongo_url, e.g. mongo_url='mongodb://HOST:PORT/'",
+    "mongo_db": "use mongo_database",
+    "mongo_username": "put the user in mongo_url, e.g. mongo_url='mongodb://USER:PASSWORD@HOST/'",
+    "mongo_password": "put the password in mongo_url, e.g. mongo_url='mongodb://USER:PASSWORD@HOST/'",
+    "mongo_auth_source": "put it in mongo_url's query, e.g. mongo_url='mongodb://HOST/?authSource=admin'",
+}
+
+
 def check_unknown_settings(
     config_values: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
 ) -> None:
@@ -365,6 +376,13 @@ def check_unknown_settings(
                 }
                 if name and name != ConfigMongo.ENV_FILEPATH.lower() and name not in fields:
                     found.append((name, f"environment variable {var}"))
+    for name, source in found:
+        replacement = LEGACY_SETTINGS.get(name.lower())
+        if replacement:
+            raise MongoConfigError(
+                f"{name}: a pynenc-mongo 0.3.0 setting (from {source}), no longer read; "
+                f"{replacement}"
+            )
     if found:
         name, source = found[0]
         close = difflib.get_close_matches(name.lower(), sorted(known), n=1)

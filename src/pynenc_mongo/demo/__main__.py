@@ -1,12 +1,19 @@
-"""``python -m pynenc_mongo.demo``: run the demo workload and print what MongoDB holds.
+"""``python -m pynenc_mongo.demo``: the main job.
 
-Prints each invocation's final status, result or exception and history (with
-microsecond timestamps), then a summary line: invocations, wall time, MongoDB
-operations issued by the backend.
+With ``PYNENC__MONGO_URL`` naming a server (``scripts/demo`` starts the local wire test
+server and sets it), it runs distributed (:mod:`pynenc_mongo.demo.distributed`): worker
+processes and a client sharing that MongoDB and nothing else, then prints from MongoDB
+what happened and which worker ran what.
+
+Without a server (``mongomock://`` or no URL) it runs the single-process workload
+(:mod:`pynenc_mongo.demo.workload`) on the embedded store with a ThreadRunner and prints
+each invocation's final status, result or exception and history (with microsecond
+timestamps), then a summary line: invocations, wall time, MongoDB operations.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -61,7 +68,12 @@ def main() -> int:
 
     threading.excepthook = quiet_expected
     warnings.filterwarnings("ignore", message="Running in a secondary thread")
+    url = os.environ.get("PYNENC__MONGO_URL", "")
     try:
+        if url and not url.startswith("mongomock://"):
+            from pynenc_mongo.demo import distributed
+
+            return distributed.run()
         return _run()
     except (MongoBackendError, ValueError) as exc:
         sys.stderr.write(f"pynenc-mongo demo failed: {type(exc).__name__}: {exc}\n")

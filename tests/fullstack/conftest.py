@@ -1,0 +1,127 @@
+"""Fixtures for pynenc's end-to-end suites on the whole MongoDB stack (``.mongo()``).
+
+``app_instance`` (unit and app-id isolation suites, workflow state suites): every
+component on MongoDB, on the test store (``mongo_url``: mongomock, or the server of
+PYNENC_MONGO_TEST_URL).
+
+``app_combination_instance`` (pynenc's ``combinations`` suite): one combination per
+runner, each with a serializer (cycled, as pynenc's own fixture does). In-process runners
+(ThreadRunner, DummyRunner) run on the embedded store unless a server is set; runners
+that need state shared across OS processes (MultiThreadRunner, ProcessRunner,
+PersistentProcessRunner) run on a server: PYNENC_MONGO_TEST_URL, else the local wire test
+server. Child processes rebuild the app from ``PYNENC__*`` environment variables, so the
+URL, database, prefix and every component class are exported there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pynenc import Pynenc, PynencBuilder
+from pynenc.serializer.base_serializer import BaseSerializer
+from pynenc.util.subclasses import get_all_subclasses
+from pynenc_tests import util
+from pynenc_tests.util.subclasses import get_runner_subclasses
+from run_settings import REAL_URL, RUN_DATABASE
+
+from pynenc_mongo.builder import FULL_STACK
+
+#: Runners that work with one process's embedded store.
+IN_PROCESS_RUNNERS = ("ThreadRunner", "DummyRunner")
+
+
+@pytest.fixture
+def make_full_app(mongo_url: str) -> Generator[Callable[..., Pynenc], None, None]:
+    """Factory of full-stack apps on the test store; every app is purged at teardown."""
+    apps: list[Pynenc] = []
+
+    def factory(app_id: str | None = None, **options: Any) -> Pynenc:
+        app = (
+            PynencBuilder()
+            .app_id(app_id or f"full-{uuid.uuid4().hex[:8]}")
+            .mongo(url=mongo_url, database=RUN_DATABASE, **options)
+            .build()
+        )
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        try:
+            app.purge()
+        finally:
+            app.state_backend.close()
+
+
+@pytest.fixture
+def app_instance(make_full_app: Callable[..., Pynenc]) -> Pynenc:
+    """pynenc's conformance fixture, with all five components on MongoDB."""
+    return make_full_app()
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One runner and serializer of the combinations suite on the Mongo stack."""
+
+    runner: str
+    serializer: str
+
+    @property
+    def needs_server(self) -> bool:
+        """True for runners whose workers are other OS processes."""
+        return self.runner not in IN_PROCESS_RUNNERS
+
+    @property
+    def combination_id(self) -> str:
+        where = "wire" if self.needs_server else "embedded"
+        return (
+            f"Mongo-{where} {self.runner.replace('Runner', '')} "
+            f"{self.serializer.replace('Serializer', '')}"
+        )
+
+
+def build_combinations() -> list[Combination]:
+    """Every runner, each with one serializer (cycled in name order, as pynenc does)."""
+    runners = sorted(get_runner_subclasses(), key=lambda cls: cls.__name__)
+    serializers = sorted(get_all_subclasses(BaseSerializer), key=lambda cls: cls.__name__)
+    return [
+        Combination(runner.__name__, serializers[i % len(serializers)].__name__)
+        for i, runner in enumerate(runners)
+    ]
+
+
+@pytest.fixture(params=build_combinations(), ids=lambda c: c.combination_id)
+def app_combination_instance(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, mongo_url: str
+) -> Generator[Pynenc, None, None]:
+    """pynenc's combinations fixture on the Mongo stack (see the module docstring)."""
+    combination: Combination = request.param
+    url = mongo_url
+    if combination.needs_server and not REAL_URL:
+        url = request.getfixturevalue("server_url")
+    test_module, test_name = util.get_module_name(request)
+    app_id = f"{test_module}.{test_name}.{uuid.uuid4().hex[:6]}"
+    env = {
+        "PYNENC__APP_ID": app_id,
+        "PYNENC__MONGO_URL": url,
+        "PYNENC__MONGO_DATABASE": RUN_DATABASE,
+        "PYNENC__SERIALIZER_CLS": combination.serializer,
+        "PYNENC__RUNNER_CLS": combination.runner,
+        "PYNENC__LOGGING_LEVEL": "warning",
+        "PYNENC__PRINT_ARGUMENTS": "False",
+        "PYNENC__RUNNER_LOOP_SLEEP_TIME_SEC": "0.01",
+        "PYNENC__INVOCATION_WAIT_RESULTS_SLEEP_TIME_SEC": "0.01",
+    }
+    env.update({f"PYNENC__{key.upper()}": cls for key, cls in FULL_STACK.items()})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    app = Pynenc()
+    yield app
+    try:
+        app.purge()
+    except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
+        pass
