@@ -64,7 +64,7 @@ def build_app(backend: str = BACKEND) -> Pynenc:
         path = os.environ.get("PYNENC_MONGO_BENCH_SQLITE", "/tmp/pynenc_mongo_bench.db")
         builder = builder.custom_config(state_backend_cls="SQLiteStateBackend", sqlite_db_path=path)
     elif backend in ("mongo-sync", "mongo-async"):
-        builder = builder.mongo(
+        builder = builder.mongo_state_backend(
             url=os.environ.get("PYNENC_MONGO_BENCH_URL", "mongomock://bench"),
             database=os.environ.get("PYNENC_MONGO_BENCH_DATABASE", "pynenc_bench"),
             history_write_mode=backend.removeprefix("mongo-"),

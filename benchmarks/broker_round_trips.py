@@ -42,7 +42,7 @@ def make_app(url: str, database: str, **config: Any) -> Pynenc:
         PynencBuilder()
         .app_id(f"bench-broker-{uuid.uuid4().hex[:6]}")
         .memory()
-        .mongo(url=url, database=database)
+        .mongo_state_backend(url=url, database=database)
     )
     builder._config.update(
         {"broker_cls": "MongoBroker", "client_data_store_cls": "MongoClientDataStore"}

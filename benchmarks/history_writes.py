@@ -42,7 +42,7 @@ def run(mode: str, records: int, url: str, database: str) -> dict[str, float]:
         PynencBuilder()
         .app_id(f"bench-{mode}-{uuid.uuid4().hex[:6]}")
         .memory()
-        .mongo(url=url, database=database, history_write_mode=mode)
+        .mongo_state_backend(url=url, database=database, history_write_mode=mode)
         .build()
     )
     backend = app.state_backend

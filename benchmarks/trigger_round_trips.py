@@ -100,7 +100,7 @@ def build_app(trigger_cls: str) -> Any:
         PynencBuilder()
         .app_id(f"trigger-bench-{uuid.uuid4().hex[:8]}")
         .memory()
-        .mongo(url=url, database=f"pynenc_trigger_bench_{uuid.uuid4().hex[:8]}")
+        .mongo_state_backend(url=url, database=f"pynenc_trigger_bench_{uuid.uuid4().hex[:8]}")
         .thread_runner(min_threads=1, max_threads=1)
         .logging_level("error")
         .custom_config(

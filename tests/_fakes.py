@@ -285,7 +285,7 @@ def build_raw_app(mongo_url: str, database: str, app_id: str | None = None, **op
         .app_id(app_id or f"app-{uuid.uuid4().hex[:8]}")
         .memory()
         .disable_client_data_store()
-        .mongo(url=mongo_url, database=database, **options)
+        .mongo_state_backend(url=mongo_url, database=database, **options)
         .build()
     )
 

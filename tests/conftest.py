@@ -68,7 +68,7 @@ def make_app(mongo_url: str) -> Generator[Callable[..., Pynenc], None, None]:
             PynencBuilder()
             .app_id(app_id or f"app-{uuid.uuid4().hex[:8]}")
             .memory()
-            .mongo(url=mongo_url, database=RUN_DATABASE, **options)
+            .mongo_state_backend(url=mongo_url, database=RUN_DATABASE, **options)
             .build()
         )
         apps.append(app)

@@ -340,7 +340,7 @@ def _child_writes(url: str, database: str, app_id: str, queue: Any) -> None:
         PynencBuilder()
         .app_id(app_id)
         .memory()
-        .mongo(url=url, database=database, history_write_mode="async")
+        .mongo_state_backend(url=url, database=database, history_write_mode="async")
         .build()
     )
     backend = app.state_backend
@@ -395,7 +395,7 @@ def test_pending_writes_are_flushed_at_interpreter_exit(tmp_path: Path) -> None:
         from pynenc_mongo.async_writes import AsyncHistoryWriter
 
         app = (PynencBuilder().app_id("exit-flush").memory()
-               .mongo(url="mongomock://exit-flush", history_write_mode="async").build())
+               .mongo_state_backend(url="mongomock://exit-flush", history_write_mode="async").build())
         backend = app.state_backend
 
         async def slow_insert(docs):

@@ -153,7 +153,7 @@ def test_builder_selects_backend_and_composes_with_sqlite(tmp_path: Path) -> Non
         PynencBuilder()
         .app_id(f"builder-{uuid.uuid4().hex[:6]}")
         .sqlite(str(tmp_path / "db.sqlite"))
-        .mongo(url="mongomock://builder", database="bdb", collection_prefix="b_")
+        .mongo_state_backend(url="mongomock://builder", database="bdb", collection_prefix="b_")
         .build()
     )
     assert app.conf.state_backend_cls == "MongoStateBackend"
@@ -168,7 +168,7 @@ def test_builder_selects_backend_and_composes_with_sqlite(tmp_path: Path) -> Non
 
 def test_builder_with_no_arguments_uses_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYNENC__MONGO_URL", "mongomock://from-env/envdb")
-    app = PynencBuilder().app_id(f"env-only-{uuid.uuid4().hex[:6]}").memory().mongo().build()
+    app = PynencBuilder().app_id(f"env-only-{uuid.uuid4().hex[:6]}").memory().mongo_state_backend().build()
     backend = app.state_backend
     assert isinstance(backend, MongoStateBackend)
     assert backend.database_name == "envdb"
@@ -177,9 +177,9 @@ def test_builder_with_no_arguments_uses_env(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_builder_refuses_unknown_option_and_bad_value() -> None:
     with pytest.raises(TypeError, match="unknown option.*colection_prefix"):
-        PynencBuilder().mongo(url="mongomock://x", colection_prefix="y")
+        PynencBuilder().mongo_state_backend(url="mongomock://x", colection_prefix="y")
     with pytest.raises(MongoConfigError, match="mongo_retention_days"):
-        PynencBuilder().mongo(url="mongomock://x", retention_days="forever")
+        PynencBuilder().mongo_state_backend(url="mongomock://x", retention_days="forever")
 
 
 def test_state_backend_cls_in_plain_config_values() -> None:
@@ -205,10 +205,10 @@ def test_discovery_finds_the_apps_in_the_configured_database(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     url = f"mongomock://discovery-{uuid.uuid4().hex[:6]}/discdb"
-    apps = [PynencBuilder().app_id(f"disc-{i}").memory().mongo(url=url).build() for i in range(3)]
+    apps = [PynencBuilder().app_id(f"disc-{i}").memory().mongo_state_backend(url=url).build() for i in range(3)]
     for app in apps:
         assert app.state_backend is not None  # building it stores the app info
-    other = PynencBuilder().app_id("elsewhere").memory().mongo(url=url, database="otherdb").build()
+    other = PynencBuilder().app_id("elsewhere").memory().mongo_state_backend(url=url, database="otherdb").build()
     assert other.state_backend is not None
     monkeypatch.setenv("PYNENC__MONGO_URL", url)
     found = MongoStateBackend.discover_app_infos()
@@ -231,7 +231,7 @@ def test_password_absent_from_repr_app_info_and_logs(
         PynencBuilder()
         .app_id(f"redact-{uuid.uuid4().hex[:6]}")
         .memory()
-        .mongo(url=url, server_selection_timeout_seconds=0.2)
+        .mongo_state_backend(url=url, server_selection_timeout_seconds=0.2)
         .build()
     )
     with caplog.at_level(logging.DEBUG):

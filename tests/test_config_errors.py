@@ -49,7 +49,7 @@ def test_malformed_urls_fail_at_configuration_time_without_the_password(
 
 def test_bad_url_from_the_builder_fails_at_the_builder_call() -> None:
     with pytest.raises(MongoConfigError, match="mongo_url") as info:
-        PynencBuilder().memory().mongo(url=f"mongodb://u:{PASSWORD}@h/?nope=1")
+        PynencBuilder().memory().mongo_state_backend(url=f"mongodb://u:{PASSWORD}@h/?nope=1")
     assert PASSWORD not in str(info.value)
 
 
@@ -118,7 +118,7 @@ def test_good_values_are_accepted() -> None:
 
 
 def test_misspelt_setting_in_config_values_is_refused(mongo_url: str) -> None:
-    app = PynencBuilder().memory().mongo(url=mongo_url).custom_config(mongo_urll="x").build()
+    app = PynencBuilder().memory().mongo_state_backend(url=mongo_url).custom_config(mongo_urll="x").build()
     with pytest.raises(MongoConfigError, match="mongo_urll: unknown pynenc-mongo setting") as info:
         _ = app.state_backend
     assert "did you mean 'mongo_url'" in str(info.value)
@@ -142,7 +142,7 @@ def test_misspelt_setting_in_the_environment_is_refused(
 
 def test_unknown_builder_keyword_is_refused() -> None:
     with pytest.raises(TypeError, match="unknown option"):
-        PynencBuilder().memory().mongo(url="mongomock://x", timeout=3)
+        PynencBuilder().memory().mongo_state_backend(url="mongomock://x", timeout=3)
 
 
 @pytest.mark.parametrize(

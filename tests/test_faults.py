@@ -229,7 +229,7 @@ def test_unreachable_server_fails_within_the_timeout_naming_host_and_cause() -> 
         PynencBuilder()
         .app_id("unreachable")
         .memory()
-        .mongo(
+        .mongo_state_backend(
             url=f"mongodb://user:{PASSWORD}@127.0.0.1:{port}/db",
             server_selection_timeout_seconds=timeout,
         )

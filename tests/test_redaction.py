@@ -119,7 +119,7 @@ def _unreachable_app(**options: Any) -> Any:
         PynencBuilder()
         .app_id("redaction")
         .memory()
-        .mongo(
+        .mongo_state_backend(
             url=f"mongodb://user:{PASSWORD}@127.0.0.1:{_free_port()}/db?authSource=admin",
             server_selection_timeout_seconds=0.3,
             **options,
@@ -149,7 +149,7 @@ def test_errors_reprs_and_logs_never_show_the_password(caplog: pytest.LogCapture
         f"user:{PASSWORD}@h",
     ):
         with pytest.raises(MongoConfigError) as config_info:
-            PynencBuilder().memory().mongo(url=url)
+            PynencBuilder().memory().mongo_state_backend(url=url)
         texts += [str(config_info.value), repr(config_info.value)]
     texts.append(caplog.text)
     assert "127.0.0.1" in " ".join(texts)  # the host is named
@@ -162,7 +162,7 @@ def test_stored_app_info_holds_no_secret(mongo_url: str) -> None:
     if not mongo_url.startswith("mongomock://"):
         pytest.skip("the embedded store's URL is the one that can carry a password here")
     url = mongo_url.replace("mongomock://", f"mongomock://someone:{PASSWORD}@")
-    app = PynencBuilder().app_id("appinfo-secrets").memory().mongo(url=url).build()
+    app = PynencBuilder().app_id("appinfo-secrets").memory().mongo_state_backend(url=url).build()
     backend = app.state_backend
     config = dict(app.config_values)
     config.update(

@@ -71,7 +71,7 @@ def test_unreadable_tls_file_is_a_configuration_error() -> None:
 
 def test_database_name_that_is_not_utf8_names_the_setting() -> None:
     with pytest.raises(MongoConfigError, match="mongo_database"):
-        PynencBuilder().memory().mongo(url="mongomock://x", database="\udc80")
+        PynencBuilder().memory().mongo_state_backend(url="mongomock://x", database="\udc80")
 
 
 def test_empty_boolean_env_var_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

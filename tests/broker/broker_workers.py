@@ -45,7 +45,7 @@ def make_app(url: str, database: str, app_id: str, sqlite_path: str = "", **conf
         builder = builder.sqlite(sqlite_db_path=sqlite_path)
     else:
         builder = builder.memory()
-    builder = builder.mongo(url=url, database=database)
+    builder = builder.mongo_state_backend(url=url, database=database)
     builder._config.update(
         {
             "broker_cls": "MongoBroker",

@@ -39,7 +39,7 @@ def mongo_builder(url: str, app_id: str | None = None, **config: Any) -> PynencB
         PynencBuilder()
         .app_id(app_id or f"broker-{uuid.uuid4().hex[:8]}")
         .memory()
-        .mongo(url=url, database=RUN_DATABASE)
+        .mongo_state_backend(url=url, database=RUN_DATABASE)
     )
     builder._config.update(MONGO_COMPONENTS)
     if config:

@@ -3,7 +3,7 @@
 ``app_instance`` (pynenc's conformance fixture) is overridden here: the state backend
 and the orchestrator are on MongoDB (the ``mongo_url`` store: mongomock, or the server
 of ``PYNENC_MONGO_TEST_URL``), the broker, trigger and client data store in memory.
-The builder's ``.mongo()`` selects only the state backend (the full-stack selection is
+The builder's ``.mongo_state_backend()`` selects only the state backend (the full-stack selection is
 a later issue), so ``orchestrator_cls`` is set in the builder's config values.
 
 pynenc's integration suite needs the task fixtures of

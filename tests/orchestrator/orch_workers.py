@@ -37,7 +37,7 @@ def orchestrator_app(
         PynencBuilder()
         .app_id(app_id or f"orch-{uuid.uuid4().hex[:8]}")
         .memory()
-        .mongo(url=url, database=database)
+        .mongo_state_backend(url=url, database=database)
     )
     builder._config["orchestrator_cls"] = "MongoOrchestrator"
     builder._config.update(config)

@@ -3,7 +3,7 @@
 ``app_instance`` (pynenc's conformance fixture) is overridden here: the state backend
 and the trigger are on MongoDB (the ``mongo_url`` store), the other components in
 memory. The trigger is selected by name through the config (``trigger_cls``), as a
-deployment would; the builder's ``.mongo()`` does not select it (yet).
+deployment would; the builder's ``.mongo_state_backend()`` does not select it (yet).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def build_trigger_app(
         PynencBuilder()
         .app_id(app_id or f"trg-{uuid.uuid4().hex[:8]}")
         .memory()
-        .mongo(url=url, database=database)
+        .mongo_state_backend(url=url, database=database)
     )
     builder._config["trigger_cls"] = "MongoTrigger"
     builder._config.update(config)

@@ -77,7 +77,7 @@ def fan_out(n: int) -> int:
 def flaky(key: str) -> str:
     """Fails on its first attempt, wherever it runs (the retry count lives in the
     orchestrator's MongoDB document), then succeeds: one RETRY in its history."""
-    attempt = flaky.invocation.num_retries  # type: ignore[attr-defined]
+    attempt = flaky.invocation.num_retries
     if attempt == 0:
         raise TransientError(f"first attempt for {key} fails")
     return f"{key} ok after {attempt + 1} attempts"
@@ -98,9 +98,10 @@ def checksum(blob: str) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(blob.encode()).hexdigest(), "chars": len(blob)}
 
 
-@app.task(running_concurrency=ConcurrencyControlType.TASK)
+@app.task(running_concurrency=ConcurrencyControlType.TASK, reroute_on_concurrency_control=True)
 def exclusive_step(step: int) -> dict[str, float]:
-    """At most one runs at a time in the whole cluster (running-concurrency control);
+    """At most one runs at a time in the whole cluster (running-concurrency control:
+    the others are rerouted until it is free);
     returns when it ran, so the client can show the runs never overlap."""
     started = time.time()
     time.sleep(0.2)

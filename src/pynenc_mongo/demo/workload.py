@@ -27,7 +27,7 @@ def build_app(app_id: str = DEMO_APP_ID, url: str = DEMO_URL, **mongo_options: A
         PynencBuilder()
         .app_id(app_id)
         .memory()
-        .mongo(url=url, **mongo_options)
+        .mongo_state_backend(url=url, **mongo_options)
         .thread_runner()
         .logging_level("critical")
         .build()
