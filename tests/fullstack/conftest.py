@@ -32,6 +32,9 @@ from pynenc_mongo.builder import FULL_STACK
 
 #: Runners that work with one process's embedded store.
 IN_PROCESS_RUNNERS = ("ThreadRunner", "DummyRunner")
+#: Tests of the suite that fork a runner process whatever the runner (the embedded store
+#: cannot be shared with it): they run on a server for every combination.
+FORKING_TESTS = ("test_runner_reroutes_on_real_os_signal",)
 
 
 @pytest.fixture
@@ -101,7 +104,8 @@ def app_combination_instance(
     """pynenc's combinations fixture on the Mongo stack (see the module docstring)."""
     combination: Combination = request.param
     url = mongo_url
-    if combination.needs_server and not REAL_URL:
+    forks = request.node.name.startswith(FORKING_TESTS)
+    if (combination.needs_server or forks) and not REAL_URL:
         url = request.getfixturevalue("server_url")
     test_module, test_name = util.get_module_name(request)
     app_id = f"{test_module}.{test_name}.{uuid.uuid4().hex[:6]}"
