@@ -53,7 +53,9 @@ def test_dates_come_back_timezone_aware_utc(backend: Any) -> None:
     ctx = RunnerContext(runner_cls="R", runner_id="tz-runner")
     backend.add_history("inv-tz", InvocationStatusRecord(InvocationStatus.REGISTERED), ctx)
     backend.wait_for_all_async_operations()
-    raw = backend.collection(schema.HISTORY).find_one({schema.F_INV: "inv-tz"})
+    raw = backend.collection(schema.HISTORY).find_one(
+        {schema.F_APP: backend.app_id, schema.F_INV: "inv-tz"}
+    )
     assert raw["ts"].tzinfo is not None and raw["ts"].utcoffset().total_seconds() == 0
     (entry,) = backend.get_history("inv-tz")
     assert entry.timestamp.tzinfo is not None

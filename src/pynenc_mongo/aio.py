@@ -30,6 +30,7 @@ from collections.abc import Coroutine
 from datetime import UTC
 from typing import Any
 
+from pynenc_mongo import embedded
 from pynenc_mongo.client import APP_NAME, mock_store, timeout_options
 from pynenc_mongo.config import MongoConfigError
 from pynenc_mongo.monitoring import LISTENER
@@ -118,9 +119,8 @@ def _make_client(
     url: str, driver: str, timeout_seconds: float, socket_timeout_seconds: float | None = None
 ) -> Any:
     if url.startswith(MOCK_SCHEME):
-        from mongomock_motor import AsyncMongoMockClient
-
-        return AsyncMongoMockClient(mock_mongo_client=mock_store(url))
+        mongomock_motor = embedded.require("mongomock_motor")
+        return mongomock_motor.AsyncMongoMockClient(mock_mongo_client=mock_store(url))
     parse_url(url)
     options: dict[str, Any] = {
         "tz_aware": True,

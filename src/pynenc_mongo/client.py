@@ -36,10 +36,10 @@ import time
 from datetime import UTC
 from typing import Any
 
-import mongomock
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from pynenc_mongo import embedded
 from pynenc_mongo.monitoring import LISTENER
 from pynenc_mongo.urls import MOCK_SCHEME, option_names, parse_url, redact_url
 
@@ -115,9 +115,6 @@ def _serialize_mongomock() -> None:
     setattr(MockCollection, "_pynenc_mongo_serialized", True)  # noqa: B010
 
 
-_serialize_mongomock()
-
-
 @functools.lru_cache(maxsize=64)
 def _mock_store_key(url: str) -> str:
     """``mongomock://name/db?x`` -> ``name``: the store's identity (parsed once per URL:
@@ -164,6 +161,8 @@ def get_client(
         with _lock:
             store = _mock_stores.get(key)
             if store is None:
+                mongomock = embedded.require("mongomock")
+                _serialize_mongomock()
                 store = mongomock.MongoClient(tz_aware=True)
                 _mock_stores[key] = store
             return store
@@ -245,7 +244,7 @@ def get_database(
 def mock_store(url: str) -> Any:
     """The embedded store behind a ``mongomock://`` URL (for the async path and tests)."""
     client = get_client(url, "", 0.0)
-    assert isinstance(client, mongomock.MongoClient)
+    assert embedded.is_embedded(client)
     return client
 
 

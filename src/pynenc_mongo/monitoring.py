@@ -21,6 +21,7 @@ driver's own work stays outside the store).
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections import Counter
@@ -28,8 +29,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import mongomock.collection
 from pymongo import monitoring
+
+from pynenc_mongo import embedded
 
 #: mongomock Collection methods that are one command each on a real server.
 MOCK_COUNTED_METHODS = (
@@ -234,6 +236,13 @@ _CURSOR_QUERY = "_compute_results"
 _cursor_original: list[Callable[..., Any]] = []
 
 
+def _mongomock_collection() -> Any:
+    """``mongomock.collection`` when the embedded store is installed, else None."""
+    if not embedded.installed():
+        return None
+    return importlib.import_module("mongomock.collection")
+
+
 @contextmanager
 def count_operations() -> Iterator[OperationCounter]:
     """Count MongoDB operations issued (by any thread) inside the ``with`` block.
@@ -243,19 +252,20 @@ def count_operations() -> Iterator[OperationCounter]:
     """
     global _depth
     counter = OperationCounter()
+    mock = _mongomock_collection()
     with _active_lock:
-        if _depth == 0:
+        if _depth == 0 and mock is not None:
             for name in MOCK_COUNTED_METHODS:
-                original = getattr(mongomock.collection.Collection, name)
+                original = getattr(mock.Collection, name)
                 _originals[name] = original
                 setattr(
-                    mongomock.collection.Collection,
+                    mock.Collection,
                     name,
                     _wrap(original, _MOCK_KIND.get(name, name)),
                 )
-            compute = getattr(mongomock.collection.Cursor, _CURSOR_QUERY)
+            compute = getattr(mock.Cursor, _CURSOR_QUERY)
             _cursor_original.append(compute)
-            setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _wrap(compute, None))
+            setattr(mock.Cursor, _CURSOR_QUERY, _wrap(compute, None))
         _depth += 1
         _active.append(counter)
     try:
@@ -264,8 +274,8 @@ def count_operations() -> Iterator[OperationCounter]:
         with _active_lock:
             _active.remove(counter)
             _depth -= 1
-            if _depth == 0:
+            if _depth == 0 and mock is not None:
                 for name, original in _originals.items():
-                    setattr(mongomock.collection.Collection, name, original)
+                    setattr(mock.Collection, name, original)
                 _originals.clear()
-                setattr(mongomock.collection.Cursor, _CURSOR_QUERY, _cursor_original.pop())
+                setattr(mock.Cursor, _CURSOR_QUERY, _cursor_original.pop())

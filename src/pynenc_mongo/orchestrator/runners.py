@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import mongomock.collection
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 from pynenc.identifiers.invocation_id import InvocationId
 from pynenc.invocation.status import InvocationStatus
 from pynenc.orchestrator.atomic_service import ActiveRunnerInfo
 
+from pynenc_mongo import embedded
 from pynenc_mongo.operations import only_duplicates, upsert_retrying_duplicate
 from pynenc_mongo.schema import orchestrator as s
 from pynenc_mongo.schema.layout import F_APP, from_us, to_us
@@ -88,7 +88,7 @@ class RunnerRegistry:
             )
             for rid in ids
         ]
-        if isinstance(collection, mongomock.collection.Collection):
+        if embedded.is_embedded(collection):
             for query, update in pairs:
                 upsert_retrying_duplicate(collection.update_one, query, update, upsert=True)
             return
