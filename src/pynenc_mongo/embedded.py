@@ -10,7 +10,6 @@ extra (:func:`require`).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -47,5 +46,9 @@ def is_embedded(obj: Any) -> bool:
 
 
 def installed() -> bool:
-    """True when mongomock can be imported."""
-    return importlib.util.find_spec("mongomock") is not None
+    """True when mongomock can be imported (it is then imported)."""
+    try:
+        importlib.import_module("mongomock")
+    except ImportError:
+        return False
+    return True
