@@ -3,7 +3,6 @@ is an extra, and selecting it without the extra fails with one line naming it.""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import tomllib
