@@ -9,7 +9,9 @@ server (the backend's ``before_operation`` hook calls :meth:`AppInfos.store_pend
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import PyMongoError
@@ -49,6 +51,13 @@ class AppInfos(StorePart):
         self._lock = threading.RLock()
         self._local = threading.local()
         self.pending: AppInfo | None = None
+        _live_app_infos.add(self)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (another parent thread may have held it
+        across the network upsert of :meth:`store_info`)."""
+        self._lock = threading.RLock()
+        self._local = threading.local()
 
     @property
     def storing(self) -> bool:
@@ -109,5 +118,15 @@ class AppInfos(StorePart):
             raise KeyError(f"App info for {self.app_id} not found")
         return schema.app_info_from(doc)
 
+
+_live_app_infos: weakref.WeakSet[AppInfos] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for part in list(_live_app_infos):
+        part.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 __all__ = ["AppInfos", "safe_config_values"]

@@ -15,12 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from pynenc_mongo import aio, schema, values
 from pynenc_mongo.config import ConfigStateBackendMongo
-from pynenc_mongo.errors import translate
+from pynenc_mongo.errors import (
+    RETRY_ATTEMPTS,
+    RETRY_WAIT_MAX_SECONDS,
+    RETRY_WAIT_MIN_SECONDS,
+    is_transient,
+    translate,
+)
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
 from pynenc_mongo.state_backend.common import DTOPair, StorePart, check_str
 from pynenc_mongo.state_backend.history import History
 from pynenc_mongo.state_backend.invocations import Invocations
+from pynenc_mongo.state_backend.workflows import data_field
 from pynenc_mongo.store import STALE_READ_ATTEMPTS, MongoStore, at_path, is_expired
+
+#: Server-side deadline of each async read (``maxTimeMS``), in milliseconds.
+MAX_TIME_MS = 30_000
 
 if TYPE_CHECKING:
     from pynenc.state_backend.base_state_backend import InvocationHistory
@@ -64,32 +74,50 @@ class AsyncReads(StorePart):
         conf = self.conf
         store = self.store
         owner = threading.get_ident()
-        if self._invocations.has_deferred(owner):  # this thread's deferred inserts go first
-            await asyncio.to_thread(self._invocations.flush_deferred, owner=owner)
+        # Blocking work happens on a worker thread, never on the shared loop thread
+        # (issue 16, item 3): this thread's deferred inserts, a pending app info and
+        # the first-use index build (all done by ``store.collection``).
+        await asyncio.to_thread(self._prepare, logical, owner)
+        physical = store.collection_name(logical)
 
         async def run() -> Any:
-            store.collection(logical)  # first use: ensures indexes (on the loop thread)
             client = aio.loop_thread().client(
                 conf.mongo_url,
                 store.database_name,
                 conf.mongo_async_driver,
                 conf.mongo_server_selection_timeout_seconds,
+                conf.mongo_socket_timeout_seconds,
             )
-            collection = client[store.database_name][store.collection_name(logical)]
+            collection = client[store.database_name][physical]
             if one:
-                return await collection.find_one(filter_, projection)
-            cursor = collection.find(filter_, projection)
+                return await collection.find_one(filter_, projection, max_time_ms=MAX_TIME_MS)
+            cursor = collection.find(filter_, projection, max_time_ms=MAX_TIME_MS)
             if sort:
                 cursor = cursor.sort(sort)
             return await cursor.to_list(None)
 
-        try:
-            return await aio.run_async(run())
-        except Exception as exc:
-            mapped = translate(exc, self.describe_target())
-            if mapped is exc:
-                raise
-            raise mapped from None
+        failures = 0
+        while True:  # the sync reads' retry policy (errors.with_retry): transient only
+            try:
+                return await aio.run_async(run())
+            except Exception as exc:
+                failures += 1
+                if is_transient(exc) and failures < RETRY_ATTEMPTS:
+                    await asyncio.sleep(
+                        min(RETRY_WAIT_MIN_SECONDS * 2**failures, RETRY_WAIT_MAX_SECONDS)
+                    )
+                    continue
+                mapped = translate(exc, self.describe_target())
+                if mapped is exc:
+                    raise
+                raise mapped from None
+
+    def _prepare(self, logical: str, owner: int) -> None:
+        """On a worker thread: thread ``owner``'s deferred inserts, then
+        :meth:`MongoStore.collection` (pending app info, indexes ensured)."""
+        if self._invocations.has_deferred(owner):
+            self._invocations.flush_deferred(owner=owner)
+        self.store.collection(logical)
 
     async def load_value(self, stored: Any) -> str:
         """Awaitable :meth:`MongoStore.load_value`."""
@@ -142,7 +170,7 @@ class AsyncReads(StorePart):
         pending writes of that invocation.
         """
         check_str("invocation_id", invocation_id)
-        writer = self._history.current_writer
+        writer = self._history.live_writer()
         if writer is not None and writer.pending(invocation_id):
             await asyncio.to_thread(writer.wait, invocation_id)
         docs = await self.query(
@@ -153,21 +181,40 @@ class AsyncReads(StorePart):
         return [schema.history_from(doc) for doc in docs]
 
     async def invocation(self, invocation_id: str) -> DTOPair | None:
-        """Awaitable ``Invocations.get``: the DTO pair (cached when known), or None."""
+        """Awaitable ``Invocations.get``: the DTO pair (cached when known), or None.
+
+        As the sync read: another thread's deferred insert of the id is written
+        first, and an invocation whose retention expired while its pieces are being
+        deleted reads as None (not a ``StaleValueError``).
+        """
         check_str("invocation_id", invocation_id)
         pair = self._invocations.cached(invocation_id)
-        if pair is None:
+        if pair is not None:
+            return pair
+        if invocation_id in self._invocations.unwritten:
+            await asyncio.to_thread(self._invocations.flush_deferred, [invocation_id])
+        for attempt in range(STALE_READ_ATTEMPTS):
             doc = await self.query(
                 schema.INVOCATIONS,
                 {F_APP: self.app_id, F_INV: invocation_id},
-                {"_id": 0, "invocation": 1, "call": 1},
+                {"_id": 0, "invocation": 1, "call": 1, schema.F_EXPIRE: 1},
                 one=True,
             )
             if doc is None:
                 return None
-            pair = await self._pair_from_doc(doc)
-            self._invocations.remember({invocation_id: pair})
-        return pair
+            try:
+                pair = await self._pair_from_doc(doc)
+            except values.StaleValueError:
+                if is_expired(doc):
+                    return None
+                if attempt == STALE_READ_ATTEMPTS - 1:
+                    raise
+                continue
+            self._invocations.remember(
+                {invocation_id: pair}, {invocation_id: doc.get(schema.F_EXPIRE)}
+            )
+            return pair
+        return None  # pragma: no cover
 
     async def _pair_from_doc(self, doc: dict[str, Any]) -> DTOPair:
         from pynenc.models.call_dto import CallDTO
@@ -181,11 +228,17 @@ class AsyncReads(StorePart):
         )
 
     async def workflow_data(self, workflow_id: str, key: str) -> tuple[bool, str]:
-        """Awaitable ``Workflows.get_data``: ``(found, text)``."""
+        """Awaitable ``Workflows.get_data``: ``(found, text)``.
+
+        :raises TypeError: if ``key`` or ``workflow_id`` is not a string (a dict
+            would act as a query operator).
+        :raises pynenc_mongo.errors.MongoLimitError: if the key is too long.
+        """
+        field = data_field(key)
         return await self.read_value(
             schema.WORKFLOW_DATA,
-            {F_APP: self.app_id, "workflow_id": workflow_id},
-            "data." + schema.encode_data_key(key),
+            {F_APP: self.app_id, "workflow_id": check_str("workflow_id", workflow_id)},
+            field,
         )
 
 

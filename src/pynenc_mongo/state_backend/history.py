@@ -10,11 +10,14 @@ Reads that could miss this process's own pending history writes wait for them.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from pymongo.collection import Collection
 from pynenc.invocation.status import InvocationStatus
 from pynenc.state_backend.base_state_backend import InvocationHistory
@@ -35,6 +38,13 @@ if TYPE_CHECKING:
     from pynenc.invocation.status import InvocationStatusRecord
 
 
+#: Extra lifetime of a history record written before its invocation is known to be
+#: final (a backstop so a late-landing record expires too; see ``_stamp_for_expiry``).
+HISTORY_BACKSTOP = timedelta(days=90)
+#: Invocation ids whose expiry stamp each process remembers (LRU).
+STAMPED_REMEMBERED = 10_000
+
+
 class History(StorePart):
     """The ``history`` collection of one app and its history writer.
 
@@ -53,6 +63,10 @@ class History(StorePart):
         self._invocations = invocations
         self._writer_lock = threading.Lock()
         self.current_writer: HistoryWriter | None = None
+        # Invocations this process stamped for expiry: their later records get the
+        # same ``expire_at`` when written (issue 16, item 6).
+        self._stamped: LRUCache[str, datetime] = LRUCache(maxsize=STAMPED_REMEMBERED)
+        _live_histories.add(self)
 
     # ------------------------------------------------------------ HistoryTarget
     def collection(self, logical: str) -> Collection[dict[str, Any]]:
@@ -93,23 +107,41 @@ class History(StorePart):
         if writer is not None:
             writer.close()
 
+    def live_writer(self) -> HistoryWriter | None:
+        """The current writer, or None before first use and in a forked child whose
+        writer is the parent's (its pending records drain on the parent's loop thread,
+        which the child does not have: waiting on them would hang forever)."""
+        writer = self.current_writer
+        if writer is None or writer.is_stale():
+            return None
+        return writer
+
     def wait(self, invocation_id: str) -> None:
-        """Block until this process's writes for ``invocation_id`` issued so far are durable.
+        """Block until this process's writes for ``invocation_id`` issued so far are durable
+        (returns at once in a forked child holding the parent's writer).
 
         :raises pynenc_mongo.errors.AsyncOperationError: if one of them failed for good.
         """
-        writer = self.current_writer
+        writer = self.live_writer()
         if writer is not None:
             writer.wait(invocation_id)
 
     def wait_all(self) -> None:
-        """Block until every history write of this process issued so far is durable.
+        """Block until every history write of this process issued so far is durable
+        (returns at once in a forked child holding the parent's writer).
 
         :raises pynenc_mongo.errors.AsyncOperationError: if any failed for good.
         """
-        writer = self.current_writer
+        writer = self.live_writer()
         if writer is not None:
             writer.wait_all()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock, no writer (the parent's is re-created on
+        the child's first write), and no expiry stamps remembered by the parent."""
+        self._writer_lock = threading.Lock()
+        self.current_writer = None
+        self._stamped = LRUCache(maxsize=STAMPED_REMEMBERED)
 
     # ------------------------------------------------------------ writes
     def add_for(
@@ -156,18 +188,35 @@ class History(StorePart):
         self._invocations.flush_deferred()  # the invocations are stored before their history
         retention_days = self.conf.mongo_retention_days
         if retention_days > 0:
-            for doc in docs:
-                if InvocationStatus(doc["status"]).is_final():
-                    doc[schema.F_EXPIRE] = doc["ts"] + timedelta(days=retention_days)
+            self._stamp_for_expiry(docs, timedelta(days=retention_days))
         writer = self.writer
         writer.submit(docs)
         if retention_days > 0:
             for doc in docs:
-                if schema.F_EXPIRE in doc:
+                if InvocationStatus(doc["status"]).is_final():
                     # Earlier records of the invocation must be stored before they
                     # can be stamped: wait for them (asynchronous mode only blocks here).
                     writer.wait(doc[F_INV])
                     self.expire_invocation(doc[F_INV], doc[schema.F_EXPIRE])
+
+    def _stamp_for_expiry(self, docs: list[dict[str, Any]], retention: timedelta) -> None:
+        """Give every record an ``expire_at`` before it is submitted (the record may be
+        buffered and land after another process stamped its invocation, and a later
+        ``update_many`` would then miss it):
+
+        * a final status: ``ts`` + retention (then the invocation is stamped too);
+        * an invocation this process stamped already: the same ``expire_at``;
+        * any other record: a backstop, ``ts`` + retention +
+          :data:`HISTORY_BACKSTOP`; the final stamp replaces it with the earlier
+          time when the record is stored by then (so a record of an invocation
+          running longer than the backstop may expire before the invocation).
+        """
+        for doc in docs:
+            if InvocationStatus(doc["status"]).is_final():
+                doc[schema.F_EXPIRE] = doc["ts"] + retention
+            else:
+                known = self._stamped.get(doc[F_INV])
+                doc[schema.F_EXPIRE] = known or doc["ts"] + retention + HISTORY_BACKSTOP
 
     @translate_errors
     def expire_invocation(self, invocation_id: str, expire_at: datetime) -> None:
@@ -184,6 +233,8 @@ class History(StorePart):
         # History records of this invocation still queued in this process must
         # be stored first, or they would miss the update below and never expire.
         self.wait(invocation_id)
+        self._stamped[invocation_id] = expire_at
+        self._invocations.note_expiry(invocation_id, expire_at)
         update = {"$set": {schema.F_EXPIRE: expire_at}}
         app = self.app_id
         targets: list[tuple[str, dict[str, Any]]] = [
@@ -278,4 +329,14 @@ class History(StorePart):
             yield batch
 
 
-__all__ = ["History"]
+_live_histories: weakref.WeakSet[History] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for part in list(_live_histories):
+        part.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+__all__ = ["HISTORY_BACKSTOP", "History"]

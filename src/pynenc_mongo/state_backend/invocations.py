@@ -23,21 +23,22 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from cachetools import LRUCache
 from pymongo.collection import Collection
-from pymongo.errors import PyMongoError
 
 # Imported for its atexit handler (history writers flush at exit): registered before
 # ours, so ours (deferred invocations) runs first (atexit is last-in, first-out).
 from pynenc_mongo import async_writes as _async_writes  # noqa: F401
 from pynenc_mongo import schema, values
-from pynenc_mongo.errors import is_transient, translate_errors
-from pynenc_mongo.operations import insert_if_absent
+from pynenc_mongo.errors import translate_errors
+from pynenc_mongo.operations import insert_if_absent, surely_unwritten
 from pynenc_mongo.schema import F_APP, F_INV
 from pynenc_mongo.state_backend.common import DTOPair, StorePart, check_str
 from pynenc_mongo.store import STALE_READ_ATTEMPTS, MongoStore, check_document_size, is_expired
@@ -52,6 +53,9 @@ logger = logging.getLogger("pynenc_mongo")
 #: Bytes of inline argument values one invocation document may hold; beyond it
 #: the largest arguments go to pieces, so the document stays far below 16 MiB.
 INVOCATION_ARGUMENTS_BUDGET_BYTES = 8 * 1024 * 1024
+#: With retention, a cached DTO pair whose expiry is unknown is re-read this many
+#: seconds before a full retention has passed since it was cached.
+CACHE_EXPIRY_MARGIN_SECONDS = 3600
 
 
 class Invocations(StorePart):
@@ -75,6 +79,10 @@ class Invocations(StorePart):
         self.unwritten: set[str] = set()
         self.deferred_lock = threading.Lock()
         self.flush_lock = threading.Lock()
+        # With retention: when each cached pair must be re-read (epoch seconds), so the
+        # cache never serves an invocation the TTL monitor may have deleted (item 12).
+        self.retention_seconds = store.conf.mongo_retention_days * 86400
+        self.deadlines: dict[str, float] = {}
         _live_parts.add(self)
 
     def has_deferred(self, owner: int | None = None) -> bool:
@@ -82,20 +90,38 @@ class Invocations(StorePart):
         return bool(self.deferred.get(threading.get_ident() if owner is None else owner))
 
     def cached(self, invocation_id: str) -> DTOPair | None:
-        """The cached DTO pair of ``invocation_id``, or None."""
+        """The cached DTO pair of ``invocation_id``, or None (also when retention may
+        have deleted it since: see :meth:`remember`)."""
         with self.cache_lock:
+            deadline = self.deadlines.get(invocation_id)
+            if deadline is not None and time.time() >= deadline:
+                self.dto_cache.pop(invocation_id, None)
+                del self.deadlines[invocation_id]
+                return None
             return self.dto_cache.get(invocation_id)
+
+    def note_expiry(self, invocation_id: str, expire_at: datetime) -> None:
+        """This process stamped ``invocation_id`` for expiry at ``expire_at``: its cached
+        pair is served until then only."""
+        with self.cache_lock:
+            if invocation_id in self.dto_cache:
+                self.deadlines[invocation_id] = expire_at.timestamp()
 
     def clear_cache(self) -> None:
         """Forget every cached DTO pair (after a purge)."""
         with self.cache_lock:
             self.dto_cache.clear()
+            self.deadlines.clear()
 
     def reset_locks(self) -> None:
-        """In a forked child: fresh locks (another parent thread may have held them)."""
+        """In a forked child: fresh locks (another parent thread may have held them),
+        and none of the parent's deferred inserts: the parent writes them (issue 16,
+        item 2); the child's cache keeps them, as the parent's copy will be stored."""
         self.cache_lock = threading.Lock()
         self.deferred_lock = threading.Lock()
         self.flush_lock = threading.Lock()
+        self.deferred = {}
+        self.unwritten = set()
 
     # ------------------------------------------------------------------ writes
     def upsert(self, entries: list[tuple[InvocationDTO, CallDTO]]) -> None:
@@ -167,6 +193,10 @@ class Invocations(StorePart):
         me = threading.get_ident() if owner is None else owner
         if not self.unwritten or not (named or every_thread or self.deferred.get(me)):
             return
+        # Before taking the batch: the first use ensures the indexes, which can fail;
+        # then nothing has been taken, and the ids stay deferred (issue 16, item 5).
+        collection = self.store.physical_collection(schema.INVOCATIONS)
+        self.require_unique(schema.INVOCATIONS)  # the insert dedups by app_invocation
         with self.flush_lock:
             with self.deferred_lock:
                 if every_thread:
@@ -185,20 +215,10 @@ class Invocations(StorePart):
                 return
             docs = [doc for doc, _ in taken.values()]
             doc_value_ids = [ids for _, ids in taken.values()]
-            collection = self.store.physical_collection(schema.INVOCATIONS)
             try:
                 duplicates = self.store.retry(insert_if_absent, collection, docs)
-            except PyMongoError as exc:
-                if is_transient(exc):  # maybe not applied: keep them deferred, retry later
-                    with self.deferred_lock:
-                        self.deferred.setdefault(me, {}).update(taken)
-                else:  # surely not stored: the pieces are unused
-                    with self.deferred_lock:
-                        self.unwritten.difference_update(taken)
-                    with self.cache_lock:
-                        for inv_id in taken:
-                            self.dto_cache.pop(inv_id, None)
-                    self.store.delete_value_ids([i for ids in doc_value_ids for i in ids])
+            except BaseException as exc:
+                self._restore_after_failure(me, taken, exc)
                 raise
             with self.deferred_lock:
                 self.unwritten.difference_update(taken)
@@ -207,6 +227,36 @@ class Invocations(StorePart):
             self._drop_losing_pieces(
                 collection, [docs[i] for i in with_pieces], [doc_value_ids[i] for i in with_pieces]
             )
+
+    def _restore_after_failure(
+        self, me: int, taken: dict[str, tuple[dict[str, Any], list[str]]], exc: BaseException
+    ) -> None:
+        """After a failed insert of the batch ``taken``: the documents that were surely
+        not stored (:func:`~pynenc_mongo.operations.surely_unwritten`) are forgotten and
+        their pieces deleted; every other one (maybe stored: connection lost, write
+        concern error, a non-PyMongo error) is put back as deferred, so the next
+        operation writes it again (the insert is idempotent). Never raises."""
+        keys = list(taken)
+        gone = {keys[i] for i in surely_unwritten(exc, len(keys)) if i < len(keys)}
+        with self.deferred_lock:
+            self.deferred.setdefault(me, {}).update(
+                {k: v for k, v in taken.items() if k not in gone}
+            )
+            self.unwritten.difference_update(gone)
+        if not gone:
+            return
+        with self.cache_lock:  # (the ids of ``gone`` were never stored)
+            for inv_id in gone:
+                self.dto_cache.pop(inv_id, None)
+        ids = sorted({i for k in gone for i in taken[k][1]})
+        try:  # without the store's hook: it would flush the batch just put back, and
+            # this thread holds the flush lock
+            self.store.retry(
+                self.store.physical_collection(schema.VALUE_PIECES).delete_many,
+                {F_APP: self.app_id, "value_id": {"$in": ids}},
+            )
+        except Exception as cleanup:  # noqa: BLE001 - orphan pieces only cost space
+            logger.warning("pynenc-mongo: unused argument pieces not deleted: %s", cleanup)
 
     def _prepare_arguments(
         self, owner: str, serialized: dict[str, str]
@@ -260,12 +310,36 @@ class Invocations(StorePart):
         ]
         self.store.delete_value_ids(list(losing))
 
-    def remember(self, pairs: dict[str, DTOPair]) -> None:
-        """Cache DTO pairs (when the cache is enabled)."""
-        if self.cache_enabled:
-            with self.cache_lock:
-                for inv_id, pair in pairs.items():
-                    self.dto_cache[inv_id] = pair
+    def remember(
+        self, pairs: dict[str, DTOPair], expire_at: dict[str, datetime | None] | None = None
+    ) -> None:
+        """Cache DTO pairs (when the cache is enabled).
+
+        With retention (``mongo_retention_days`` > 0) each entry gets a deadline after
+        which it is re-read from MongoDB: the invocation's ``expire_at`` when known
+        (read with the document, or stamped by this process: :meth:`note_expiry`),
+        else the time cached plus the retention minus :data:`CACHE_EXPIRY_MARGIN_SECONDS`
+        (an invocation not final when read or written expires at the earliest a full
+        retention after it becomes final; the margin covers an expiry stamp in flight).
+
+        :param dict pairs: ``{invocation_id: (InvocationDTO, CallDTO)}``.
+        :param dict | None expire_at: ``{invocation_id: expire_at or None}`` as read.
+        """
+        if not self.cache_enabled:
+            return
+        now = time.time()
+        with self.cache_lock:
+            for inv_id, pair in pairs.items():
+                self.dto_cache[inv_id] = pair
+                if self.retention_seconds:
+                    known = (expire_at or {}).get(inv_id)
+                    self.deadlines[inv_id] = (
+                        known.timestamp()
+                        if known is not None
+                        else now + self.retention_seconds - CACHE_EXPIRY_MARGIN_SECONDS
+                    )
+            if len(self.deadlines) > 2 * self.dto_cache.maxsize:  # evicted entries' deadlines
+                self.deadlines = {k: v for k, v in self.deadlines.items() if k in self.dto_cache}
 
     # ------------------------------------------------------------------ reads
     def _pair_from_doc(self, doc: dict[str, Any]) -> DTOPair:
@@ -311,7 +385,7 @@ class Invocations(StorePart):
                 if attempt == STALE_READ_ATTEMPTS - 1:
                     raise
                 continue
-            self.remember({invocation_id: pair})
+            self.remember({invocation_id: pair}, {invocation_id: doc.get(schema.F_EXPIRE)})
             return pair
         return None  # pragma: no cover
 
@@ -322,12 +396,12 @@ class Invocations(StorePart):
         :raises TypeError: if ``value`` is not a str.
         """
         check_str(field.rsplit(".", 1)[-1], value)
-        docs = self.store.find_all(
+        docs = self.stream(
             self.store.collection(schema.INVOCATIONS),
             {F_APP: self.app_id, field: value},
             {"_id": 0, F_INV: 1},
         )
-        return iter([doc[F_INV] for doc in docs])
+        return (doc[F_INV] for doc in docs)
 
     def ids_by_workflow(
         self, workflow_id: str | None = None, workflow_type_key: str | None = None
@@ -341,10 +415,8 @@ class Invocations(StorePart):
             filter_[schema.F_WF_ID] = check_str("workflow_id", workflow_id)
         if workflow_type_key:
             filter_[schema.F_WF_TYPE] = check_str("workflow_type_key", workflow_type_key)
-        docs = self.store.find_all(
-            self.store.collection(schema.INVOCATIONS), filter_, {"_id": 0, F_INV: 1}
-        )
-        return iter([doc[F_INV] for doc in docs])
+        docs = self.stream(self.store.collection(schema.INVOCATIONS), filter_, {"_id": 0, F_INV: 1})
+        return (doc[F_INV] for doc in docs)
 
 
 _live_parts: weakref.WeakSet[Invocations] = weakref.WeakSet()

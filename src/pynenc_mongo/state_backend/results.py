@@ -27,9 +27,11 @@ class InvocationValues(StorePart):
         :param str text: the serialized value.
         :raises TypeError: if ``invocation_id`` is not a str.
         :raises pynenc_mongo.errors.MongoLimitError: if even a reference does not fit.
+        :raises pynenc_mongo.errors.MongoIndexMissingError: its unique index is missing.
         """
         check_str("invocation_id", invocation_id)
         filter_ = {F_APP: self.app_id, F_INV: invocation_id}
+        self.require_unique(logical)  # two first writers would both insert without it
         self.store.write_value(logical, filter_, "value", invocation_id, text)
 
     def get(self, logical: str, invocation_id: str, what: str) -> str:

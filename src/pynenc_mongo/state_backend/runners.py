@@ -25,6 +25,8 @@ logger = logging.getLogger("pynenc_mongo")
 MAX_SEARCH_PATTERN_CHARS = 1000
 #: Deepest runner-context parent chain followed (guards against loops).
 MAX_RUNNER_DEPTH = 64
+#: Most parent ids in one ``$in`` query.
+PARENT_BATCH = 1000
 
 
 class RunnerContexts(StorePart):
@@ -55,10 +57,63 @@ class RunnerContexts(StorePart):
             upsert=True,
         )
 
+    def _load_parents(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The stored documents of every parent the chains of ``docs`` name that is not
+        in the cache: one ``$in`` query per chain level (at most
+        :data:`MAX_RUNNER_DEPTH` levels), not one ``find_one`` per runner.
+
+        :return: ``{runner_id: document}`` (``docs`` included).
+        """
+        known: dict[str, dict[str, Any]] = {
+            d["runner_id"]: d for d in docs if isinstance(d.get("runner_id"), str)
+        }
+        frontier = {d.get("parent_runner_id") for d in docs}
+        for _ in range(MAX_RUNNER_DEPTH):
+            wanted = sorted(
+                p
+                for p in frontier
+                if isinstance(p, str) and p and p not in known and p not in self.cache
+            )
+            if not wanted:
+                break
+            found: list[dict[str, Any]] = []
+            for start in range(0, len(wanted), PARENT_BATCH):
+                found.extend(
+                    self.store.find_all(
+                        self.store.collection(schema.RUNNER_CONTEXTS),
+                        {
+                            F_APP: self.app_id,
+                            "runner_id": {"$in": wanted[start : start + PARENT_BATCH]},
+                        },
+                        {"_id": 0},
+                    )
+                )
+            for doc in found:
+                known[doc["runner_id"]] = doc
+            frontier = {doc.get("parent_runner_id") for doc in found}
+        return known
+
+    def _contexts_from(self, docs: list[dict[str, Any]]) -> list[RunnerContext]:
+        """Build each document's ``RunnerContext`` with its chain of parents; parents
+        are loaded in batches (:meth:`_load_parents`) and kept in the cache."""
+        known = self._load_parents(docs)
+        parent_ids = {d.get("parent_runner_id") for d in known.values()}
+        built: dict[str, RunnerContext] = {}
+        contexts = [self._context_from(doc, known, built) for doc in docs]
+        for runner_id, context in built.items():
+            if runner_id in parent_ids:
+                self.cache[runner_id] = context
+        return contexts
+
     def _context_from(
-        self, doc: dict[str, Any], seen: frozenset[str] = frozenset()
+        self,
+        doc: dict[str, Any],
+        known: dict[str, dict[str, Any]],
+        built: dict[str, RunnerContext],
+        seen: frozenset[str] = frozenset(),
     ) -> RunnerContext:
-        """Build a ``RunnerContext`` with its chain of parents.
+        """Build a ``RunnerContext`` with its chain of parents (from the cache,
+        ``built`` or ``known``).
 
         A parent that is not stored, or a chain that loops back or is deeper
         than :data:`MAX_RUNNER_DEPTH`, ends the chain (logged as a warning).
@@ -77,13 +132,9 @@ class RunnerContexts(StorePart):
                     str(parent_id)[:200],
                 )
             else:
-                parent = self.cache.get(parent_id)
+                parent = self.cache.get(parent_id) or built.get(parent_id)
                 if parent is None:
-                    parent_doc = self.store.retry(
-                        self.store.collection(schema.RUNNER_CONTEXTS).find_one,
-                        {F_APP: self.app_id, "runner_id": parent_id},
-                        {"_id": 0},
-                    )
+                    parent_doc = known.get(parent_id)
                     if parent_doc is None:
                         logger.warning(
                             "runner context %s names parent %s, which is not stored",
@@ -91,8 +142,8 @@ class RunnerContexts(StorePart):
                             str(parent_id)[:200],
                         )
                     else:
-                        parent = self._context_from(parent_doc, chain)
-        return RunnerContext(
+                        parent = self._context_from(parent_doc, known, built, chain)
+        context = RunnerContext(
             runner_cls=doc["runner_cls"],
             runner_id=runner_id,
             parent_ctx=parent,
@@ -100,6 +151,8 @@ class RunnerContexts(StorePart):
             hostname=doc["hostname"],
             thread_id=doc["thread_id"],
         )
+        built.setdefault(runner_id, context)
+        return context
 
     def get(self, runner_id: str) -> RunnerContext | None:
         """The stored runner context, or None. :raises TypeError: for a non-str id."""
@@ -108,7 +161,7 @@ class RunnerContexts(StorePart):
             {F_APP: self.app_id, "runner_id": check_str("runner_id", runner_id)},
             {"_id": 0},
         )
-        return self._context_from(doc) if doc else None
+        return self._contexts_from([doc])[0] if doc else None
 
     def get_many(self, runner_ids: list[str]) -> list[RunnerContext]:
         """The stored runner contexts among ``runner_ids`` (missing ones are skipped)."""
@@ -120,7 +173,7 @@ class RunnerContexts(StorePart):
             {F_APP: self.app_id, "runner_id": {"$in": ids}},
             {"_id": 0},
         )
-        return [self._context_from(doc) for doc in docs]
+        return self._contexts_from(docs)
 
     def matching(self, partial_id: str) -> list[RunnerContext]:
         """Runner contexts whose runner id contains ``partial_id`` literally.
@@ -144,11 +197,13 @@ class RunnerContexts(StorePart):
         docs = self.store.find_all(
             self.store.collection(schema.RUNNER_CONTEXTS), filter_, {"_id": 0}
         )
-        return [
-            self._context_from(doc)
-            for doc in docs
-            if isinstance(doc.get("runner_id"), str) and partial_id in doc["runner_id"]
-        ]
+        return self._contexts_from(
+            [
+                doc
+                for doc in docs
+                if isinstance(doc.get("runner_id"), str) and partial_id in doc["runner_id"]
+            ]
+        )
 
 
 __all__ = ["MAX_RUNNER_DEPTH", "MAX_SEARCH_PATTERN_CHARS", "RunnerContexts"]

@@ -70,6 +70,7 @@ class Workflows(StorePart):
         field = data_field(key)
         text = serialize(value)
         check_str("workflow_id", workflow_id)
+        self.require_unique(schema.WORKFLOW_DATA)
         self.store.write_value(
             schema.WORKFLOW_DATA,
             {F_APP: self.app_id, "workflow_id": workflow_id},
@@ -100,6 +101,7 @@ class Workflows(StorePart):
         doc = schema.workflow_run_doc(self.app_id, workflow_identity)
         check_str("workflow_id", workflow_identity.workflow_id)
         check_document_size(doc, f"workflow run {workflow_identity.workflow_id[:80]!r}")
+        self.require_unique(schema.WORKFLOW_RUNS)
         self.store.upsert(
             self.store.collection(schema.WORKFLOW_RUNS).update_one,
             {F_APP: self.app_id, "workflow_id": workflow_identity.workflow_id},
@@ -130,10 +132,10 @@ class Workflows(StorePart):
         filter_: dict[str, Any] = {F_APP: self.app_id}
         if workflow_type_key is not None:
             filter_["workflow_type.key"] = check_str("workflow_type.key", workflow_type_key)
-        docs = self.store.find_all(
+        docs = self.stream(
             self.store.collection(schema.WORKFLOW_RUNS), filter_, {"_id": 0}, sort=[("_id", -1)]
         )
-        return iter([schema.workflow_run_from(doc) for doc in docs])
+        return (schema.workflow_run_from(doc) for doc in docs)
 
     # ------------------------------------------------------------------ sub-invocations
     def store_sub_invocation(
@@ -149,6 +151,7 @@ class Workflows(StorePart):
             "sub_invocation_id": check_str("sub_invocation_id", sub_invocation_id),
         }
         check_document_size(key, f"workflow sub-invocation {sub_invocation_id[:80]!r}")
+        self.require_unique(schema.WORKFLOW_SUB_INVOCATIONS)
         self.store.upsert(
             self.store.collection(schema.WORKFLOW_SUB_INVOCATIONS).update_one,
             key,
@@ -158,12 +161,12 @@ class Workflows(StorePart):
 
     def sub_invocations(self, workflow_id: InvocationId) -> Iterator[InvocationId]:
         """Ids of the invocations that run inside ``workflow_id``."""
-        docs = self.store.find_all(
+        docs = self.stream(
             self.store.collection(schema.WORKFLOW_SUB_INVOCATIONS),
             {F_APP: self.app_id, "workflow_id": check_str("workflow_id", workflow_id)},
             {"_id": 0, "sub_invocation_id": 1},
         )
-        return iter([doc["sub_invocation_id"] for doc in docs])
+        return (doc["sub_invocation_id"] for doc in docs)
 
 
 __all__ = ["MAX_DATA_KEY_BYTES", "WORKFLOW_INLINE_MAX_BYTES", "Workflows", "data_field"]
