@@ -29,9 +29,7 @@ from pynenc_mongo.store import MongoStore
 
 make_raw_app = raw_app_fixture()
 BIG = "".join(f"{i:08x}" for i in range(2000))  # 16000 bytes: stored as pieces
-CTX = RunnerContext(
-    runner_cls="TestRunner", runner_id="runner-1", pid=1, hostname="h", thread_id=1
-)
+CTX = RunnerContext(runner_cls="TestRunner", runner_id="runner-1", pid=1, hostname="h", thread_id=1)
 
 
 def app_id_of(app: Any) -> str:
@@ -210,7 +208,11 @@ def test_history_record_landing_after_the_expiry_stamp_expires_too(
     a.state_backend.add_history(
         inv_id, InvocationStatusRecord(InvocationStatus.REGISTERED, CTX.runner_id), CTX
     )
-    docs = list(raw(a.state_backend, schema.HISTORY).find({schema.F_APP: app_id_of(a), schema.F_INV: inv_id}))
+    docs = list(
+        raw(a.state_backend, schema.HISTORY).find(
+            {schema.F_APP: app_id_of(a), schema.F_INV: inv_id}
+        )
+    )
     assert len(docs) == 4
     assert all(schema.F_EXPIRE in doc for doc in docs)
 
@@ -220,5 +222,7 @@ def test_record_after_this_process_stamped_gets_the_same_expiry(make_raw_app: An
     inv_id = str(uuid.uuid4())
     backend.add_history(inv_id, InvocationStatusRecord(InvocationStatus.SUCCESS, "r"), CTX)
     backend.add_history(inv_id, InvocationStatusRecord(InvocationStatus.RUNNING, "r"), CTX)
-    docs = list(raw(backend, schema.HISTORY).find({schema.F_APP: backend.app_id, schema.F_INV: inv_id}))
+    docs = list(
+        raw(backend, schema.HISTORY).find({schema.F_APP: backend.app_id, schema.F_INV: inv_id})
+    )
     assert len({doc[schema.F_EXPIRE] for doc in docs}) == 1
