@@ -23,7 +23,11 @@ from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 from pynenc.runner.runner_context import RunnerContext
 
 from pynenc_mongo import schema
-from pynenc_mongo.errors import MongoIndexMissingError, MongoUnavailableError
+from pynenc_mongo.errors import (
+    MongoBackendError,
+    MongoIndexMissingError,
+    MongoUnavailableError,
+)
 from pynenc_mongo.state_backend import invocations as invocations_mod
 from pynenc_mongo.store import MongoStore
 
@@ -114,7 +118,7 @@ def test_partial_bulk_error_deletes_only_rejected_documents_pieces(
         )
 
     monkeypatch.setattr(invocations_mod, "insert_if_absent", partial)
-    with pytest.raises(Exception):
+    with pytest.raises((BulkWriteError, MongoBackendError)):
         backend._flush_deferred(every_thread=True)
     monkeypatch.undo()
     refused_id = refused[0].invocation_id
