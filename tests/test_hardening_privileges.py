@@ -159,7 +159,8 @@ def test_unique_index_missing_with_creation_off_is_warned_and_refused(
     assert info.value.collection == layout.prefix + schema.RESULTS
     with pytest.raises(MongoIndexMissingError):
         store.require_unique(schema.INVOCATIONS)  # every unique index of the collection
-    _work(app)  # components that do not require it keep working
+    with pytest.raises(MongoIndexMissingError):  # the state backend requires it (item 12)
+        _work(app)
     [warning] = _warnings(caplog)
     assert f"{layout.prefix}{schema.RESULTS}.{UNIQUE_RESULTS}" in warning
     assert "Unique indexes among them" in warning and SETUP_SCRIPT in warning
@@ -238,9 +239,11 @@ def test_the_warning_comes_again_in_a_new_process(
     """Once per process, not once ever: a new process (simulated by forgetting this
     process's index knowledge, as a fresh interpreter has none) warns again."""
     caplog.set_level(logging.WARNING, logger="pynenc_mongo")
-    _work(make_app(collection_prefix=layout.prefix, create_indexes=False))
+    with pytest.raises(MongoIndexMissingError):  # the state backend requires it (item 12)
+        _work(make_app(collection_prefix=layout.prefix, create_indexes=False))
     indexes.forget_ensured()
-    _work(make_app(collection_prefix=layout.prefix, create_indexes=False))
+    with pytest.raises(MongoIndexMissingError):
+        _work(make_app(collection_prefix=layout.prefix, create_indexes=False))
     assert len([w for w in _warnings(caplog) if "Unique indexes among them" in w]) == 2
 
 
