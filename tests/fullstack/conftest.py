@@ -129,3 +129,27 @@ def app_combination_instance(
         app.purge()
     except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
         pass
+
+
+#: Tests of pynenc's suite that compare wall times between invocations, and the runners
+#: for which the wire emulator (one Python event loop for every client, 2-3 ms per
+#: operation) makes those times meaningless: they run on a real server only.
+TIMED_TESTS = {"test_task_running_concurrency": ("ProcessRunner",)}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip :data:`TIMED_TESTS` on the wire emulator (they run with PYNENC_MONGO_TEST_URL)."""
+    if REAL_URL:
+        return
+    for item in items:
+        runners = TIMED_TESTS.get(getattr(item, "originalname", ""), ())
+        param = getattr(getattr(item, "callspec", None), "params", {}).get(
+            "app_combination_instance"
+        )
+        if isinstance(param, Combination) and param.runner in runners:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="compares invocation wall times; on the wire emulator a "
+                    f"{param.runner} spends them waiting on the emulator (needs a real server)"
+                )
+            )
