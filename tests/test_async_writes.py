@@ -395,7 +395,8 @@ def test_pending_writes_are_flushed_at_interpreter_exit(tmp_path: Path) -> None:
         from pynenc_mongo.async_writes import AsyncHistoryWriter
 
         app = (PynencBuilder().app_id("exit-flush").memory()
-               .mongo_state_backend(url="mongomock://exit-flush", history_write_mode="async").build())
+               .mongo_state_backend(url="mongomock://exit-flush", history_write_mode="async")
+               .build())
         backend = app.state_backend
 
         async def slow_insert(docs):
