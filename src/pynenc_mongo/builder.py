@@ -22,6 +22,7 @@ _BUILDER_KEYS = {
     "max_pending_writes": "mongo_max_pending_writes",
     "inline_value_max_bytes": "mongo_inline_value_max_bytes",
     "retention_days": "mongo_retention_days",
+    "outage_tolerance_seconds": "mongo_outage_tolerance_seconds",
     "async_driver": "mongo_async_driver",
     "invocation_cache_size": "mongo_invocation_cache_size",
 }

@@ -223,6 +223,13 @@ class ConfigMongo(ConfigPynencBase):
     :cvar ConfigField[float] mongo_retention_days:
         Days after an invocation's final history record after which MongoDB's TTL
         monitor deletes its documents. 0 (default) keeps everything; at most 36500.
+    :cvar ConfigField[float] mongo_outage_tolerance_seconds:
+        How long every idempotent read and write (history, invocations, results,
+        workflow data, asynchronous history batches) keeps retrying while MongoDB is
+        unreachable (paused, restarting, electing a primary) before the caller gets
+        :class:`~pynenc_mongo.errors.MongoUnavailableError`. Default 30; 0 turns the
+        waiting off (5 attempts, a server selection timeout fails at once); at most
+        86400. See :mod:`pynenc_mongo.errors` and the README's "Outages" section.
     """
 
     mongo_url = ConfigField(DEFAULT_URL, _url_mapper, secret=True)
@@ -253,6 +260,12 @@ class ConfigMongo(ConfigPynencBase):
     )
     mongo_retention_days = ConfigField(
         0.0, _number_mapper("mongo_retention_days", float, 0.0, "days", MAX_RETENTION_DAYS)
+    )
+    mongo_outage_tolerance_seconds = ConfigField(
+        30.0,
+        _number_mapper(
+            "mongo_outage_tolerance_seconds", float, 0.0, "seconds", MAX_TIMEOUT_SECONDS
+        ),
     )
 
 

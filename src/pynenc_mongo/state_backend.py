@@ -65,6 +65,7 @@ from pynenc_mongo.errors import (
     translate,
     translate_errors,
     with_retry,
+    with_retry_async,
 )
 from pynenc_mongo.operations import (
     find_all,
@@ -1148,7 +1149,7 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
             return await cursor.to_list(None)
 
         try:
-            return await aio.run_async(query())
+            return await aio.run_async(with_retry_async(query, conf.mongo_outage_tolerance_seconds))
         except Exception as exc:
             mapped = translate(exc, self.describe_target())
             if mapped is exc:
