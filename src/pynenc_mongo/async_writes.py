@@ -45,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
@@ -177,6 +179,7 @@ class AsyncHistoryWriter:
             )
         self._insert = insert
         _live_writers.add(self)
+        _flush_at_process_exit()
 
     # -- caller side ---------------------------------------------------------
     def submit(self, docs: list[dict[str, Any]]) -> None:
@@ -372,6 +375,24 @@ def _async_error(invocation_id: str, cause: BaseException) -> AsyncOperationErro
 
 
 _live_writers: weakref.WeakSet[AsyncHistoryWriter] = weakref.WeakSet()
+_finalizer_pid = 0
+
+
+def _flush_at_process_exit() -> None:
+    """Make sure this process flushes its writers when it ends, once per process.
+
+    ``atexit`` (below) covers the main process. A ``multiprocessing`` child (the
+    worker processes of pynenc's ProcessRunner, PersistentProcessRunner and
+    MultiThreadRunner) ends with ``os._exit`` and never runs ``atexit`` handlers, so
+    its last records (an invocation's final status) would be lost; its exit does run
+    ``multiprocessing.util.Finalize`` callbacks, so one is registered there.
+    """
+    global _finalizer_pid
+    if _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    if multiprocessing.parent_process() is not None:
+        multiprocessing.util.Finalize(None, flush_all_writers, exitpriority=100)
 
 
 def flush_all_writers() -> None:

@@ -42,6 +42,8 @@ APP_NAME = "pynenc-mongo"
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str, float], MongoClient[dict[str, Any]]] = {}
+#: The process id that created each registered client (see :func:`client_creator_pids`).
+_creator_pids: dict[tuple[str, str, float], int] = {}
 _mock_stores: dict[str, Any] = {}
 
 
@@ -139,6 +141,7 @@ def get_client(url: str, database: str, timeout_seconds: float) -> Any:
             parse_url(url)  # refuse malformed URLs with a redacted message
             client = _new_client(url, timeout_seconds)
             _clients[client_key] = client
+            _creator_pids[client_key] = os.getpid()
         return client
 
 
@@ -195,11 +198,25 @@ def drop_mock_store(url: str) -> None:
         _mock_stores.pop(_mock_store_key(url), None)
 
 
+def client_creator_pids() -> list[int]:
+    """The process id that created each ``MongoClient`` this process's registry holds.
+
+    After a ``fork`` the registry is emptied, so in any process every entry equals
+    ``os.getpid()``: no client (and no socket) is shared across a fork. Tests check it
+    from inside worker processes.
+
+    :return: one process id per registered real client (mongomock stores excluded).
+    """
+    with _lock:
+        return list(_creator_pids.values())
+
+
 def close_all() -> None:
     """Close every real client of this process. Safe to call more than once."""
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
+        _creator_pids.clear()
     for client in clients:
         client.close()
 
@@ -214,6 +231,7 @@ def _forget_after_fork() -> None:
     _lock = threading.Lock()
     _MOCK_LOCK = threading.RLock()  # another parent thread may have held it
     _clients.clear()
+    _creator_pids.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
