@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 from pynenc import Pynenc, PynencBuilder
 from run_settings import MODE, REAL_URL, RUN_DATABASE
-
 from wire_support import WireServer, WireServerUnavailable, start_wire_server
 
 from pynenc_mongo import client as client_mod
