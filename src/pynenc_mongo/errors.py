@@ -135,6 +135,15 @@ class AsyncUnavailableError(AsyncOperationError, MongoUnavailableError):
     outage tolerance (catchable as either parent)."""
 
 
+def is_auth_failure(exc: OperationFailure) -> bool:
+    """True when the server refused the credentials: codes :data:`AUTH_FAILED_CODES`,
+    or no code and the message MongoDB uses ("Authentication failed"; the wire test
+    server's SCRAM replies carry no code)."""
+    if exc.code in AUTH_FAILED_CODES:
+        return True
+    return exc.code is None and "Authentication failed" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: PyMongo's retryable labels and lost connections.
 
@@ -343,11 +352,12 @@ def translate(exc: BaseException, where: str) -> BaseException:
             f"MongoDB at {where} refused a document larger than its limit of "
             f"{MAX_DOCUMENT_BYTES} bytes (16 MiB): {type(exc).__name__}: {str(exc)[:300]}"
         )
-    if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILED_CODES:
+    if isinstance(exc, OperationFailure) and is_auth_failure(exc):
         return MongoAuthenticationError(f"MongoDB at {where} refused the credentials: {exc}")
     retried = getattr(exc, WAITED_ATTR, None)
     after = (
-        f" (gave up after retrying for {retried:.1f} s: mongo_outage_tolerance_seconds)"
+        f" (gave up after waiting {retried:.1f} s, the outage tolerance: "
+        "mongo_outage_tolerance_seconds)"
         if isinstance(retried, float)
         else ""
     )
@@ -373,7 +383,10 @@ def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
     The decorated method's first argument must have ``describe_target()``
     (host and database, password redacted); if it has a ``conf`` with
     ``mongo_outage_tolerance_seconds``, :func:`with_retry` calls made by the method
-    use that tolerance (see :func:`outage_tolerance`). Generator methods are wrapped
+    use that tolerance (see :func:`outage_tolerance`) and the whole method runs under
+    ``pymongo.timeout(tolerance)``: also its operations outside any retry (lazy
+    index creation on a collection's first use) end by the tolerance instead of
+    hanging on a frozen server. Generator methods are wrapped
     so that errors raised while iterating are translated too (their retries use the
     default tolerance: a context variable cannot span a generator's suspensions).
     """
@@ -399,10 +412,14 @@ def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        tolerance = tolerance_of(args[0]) if args else None
+        started = time.monotonic()
         try:
-            with outage_tolerance(tolerance_of(args[0]) if args else None):
+            with outage_tolerance(tolerance), _bounded(_deadline(tolerance or 0.0)):
                 return method(*args, **kwargs)
         except (PyMongoError, ConnectionError) as exc:
+            if tolerance and not hasattr(exc, WAITED_ATTR):
+                _mark_waited(exc, started, tolerance)
             mapped = mapped_error(args, exc)
             if mapped is None:
                 raise
