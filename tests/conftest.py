@@ -45,6 +45,7 @@ MARKERS = (
     "embedded_only(reason): needs mongomock internals; runs in embedded mode only",
     "wire_gap(gap): hits a known gap of the wire test server; skipped in wire mode",
     "wire: needs a server shared by OS processes (the wire test server or a real one)",
+    "conformance: pynenc's conformance suites (tests/test_conformance_*.py; set here)",
 )
 #: Fixtures that put a test on a wire server (its own or the run's).
 WIRE_FIXTURES = frozenset({"server_url", "wire_server"})
@@ -71,6 +72,8 @@ def _reason(item: pytest.Item, name: str, default: str) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip what this mode cannot run, each with its reason (see the module docstring)."""
     for item in items:
+        if item.path.name.startswith("test_conformance_"):
+            item.add_marker(pytest.mark.conformance)
         if "real_server" in item.keywords and MODE != "real":
             why = _reason(item, "real_server", "mongomock and the emulator diverge here")
             where = "mongomock" if MODE == "embedded" else "the wire test server (an emulator)"

@@ -164,9 +164,7 @@ def test_a_pause_past_the_tolerance_fails_clearly_and_half_writes_nothing(
     db = raw[database]
     app_q = {schema.F_APP: app.app_id}
     stored = {d[schema.F_INV] for d in db[backend.collection_name(schema.INVOCATIONS)].find(app_q)}
-    in_history = {
-        d[schema.F_INV] for d in db[backend.collection_name(schema.HISTORY)].find(app_q)
-    }
+    in_history = {d[schema.F_INV] for d in db[backend.collection_name(schema.HISTORY)].find(app_q)}
     assert in_history <= stored, f"history without its invocation: {in_history - stored}"
     pointers = {
         str(v)
@@ -174,9 +172,7 @@ def test_a_pause_past_the_tolerance_fails_clearly_and_half_writes_nothing(
         for doc in db[backend.collection_name(logical)].find(app_q)
         for v in _value_ids(doc)
     }
-    pieces = {
-        d["value_id"] for d in db[backend.collection_name(schema.VALUE_PIECES)].find(app_q)
-    }
+    pieces = {d["value_id"] for d in db[backend.collection_name(schema.VALUE_PIECES)].find(app_q)}
     assert pieces <= pointers, f"pieces without their pointer: {len(pieces - pointers)}"
     raw.drop_database(database)
     raw.close()
