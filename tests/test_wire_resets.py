@@ -137,6 +137,7 @@ def test_connections_reset_mid_batch_leave_no_duplicates(own_server: WireServer,
         stop.set()
         resetter.join()
         proxy.close()
+    backend.close()
     assert proxy.resets >= 3, "no connection was reset"
     raw: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(own_server.url)
     try:
