@@ -94,7 +94,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def item_mode(item: pytest.Item) -> str:
     """The mode a test runs in: the run's, or ``wire`` for a test on its own wire server."""
     if MODE == "embedded" and (
-        "wire" in item.keywords or WIRE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        item.get_closest_marker("wire") is not None
+        or WIRE_FIXTURES & set(getattr(item, "fixturenames", ()))
     ):
         return "wire"
     return MODE
