@@ -34,6 +34,8 @@ _BUILDER_KEYS = {
     "max_pending_writes": "mongo_max_pending_writes",
     "inline_value_max_bytes": "mongo_inline_value_max_bytes",
     "retention_days": "mongo_retention_days",
+    "outage_tolerance_seconds": "mongo_outage_tolerance_seconds",
+    "socket_timeout_seconds": "mongo_socket_timeout_seconds",
     "async_driver": "mongo_async_driver",
     "invocation_cache_size": "mongo_invocation_cache_size",
 }
@@ -120,6 +122,7 @@ def mongo(builder: Any, url: str | None = None, database: str | None = None, **o
     :param options: any of ``server_selection_timeout_seconds``, ``collection_prefix``,
         ``create_indexes``, ``history_write_mode``, ``max_pending_writes``,
         ``inline_value_max_bytes``, ``retention_days``, ``async_driver``,
+        ``outage_tolerance_seconds``, ``socket_timeout_seconds``,
         ``invocation_cache_size`` (see :class:`~pynenc_mongo.config.ConfigStateBackendMongo`),
         or pynenc-mongo 0.3.0's ``db``, ``host``, ``port``, ``username``, ``password``,
         ``auth_source``.

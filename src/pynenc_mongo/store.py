@@ -252,15 +252,27 @@ class MongoStore:
                     SETUP_SCRIPT,
                 )
 
-    @staticmethod
-    def retry[T](func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def retry[T](self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an **idempotent** operation under the retry policy
-        (:func:`pynenc_mongo.errors.with_retry`): transient errors retried with backoff.
+        (:func:`pynenc_mongo.errors.with_retry`) with this store's
+        ``mongo_outage_tolerance_seconds``: transient errors and an unreachable server
+        are retried with backoff for up to that many seconds, each attempt bounded by
+        ``pymongo.timeout(<time left>)``; past it the last error is raised, marked with
+        how long it waited (``translate_errors`` makes it a
+        :class:`~pynenc_mongo.errors.MongoUnavailableError` naming the host).
 
         Never pass a non-idempotent operation (``$inc``, ``find_one_and_delete``): the
         driver's own retryable writes already retry those once, safely.
+
+        :param func: the operation; ``args``/``kwargs`` are passed to it.
+        :return: what ``func`` returns.
         """
-        return with_retry(func, *args, **kwargs)
+        return with_retry(
+            func,
+            *args,
+            outage_tolerance_seconds=self.conf.mongo_outage_tolerance_seconds,
+            **kwargs,
+        )
 
     def find_all(
         self,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynenc_mongo import aio, schema, values
 from pynenc_mongo.config import ConfigStateBackendMongo
-from pynenc_mongo.errors import translate
+from pynenc_mongo.errors import translate, with_retry_async
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
 from pynenc_mongo.state_backend.common import DTOPair, StorePart, check_str
 from pynenc_mongo.state_backend.history import History
@@ -84,7 +84,7 @@ class AsyncReads(StorePart):
             return await cursor.to_list(None)
 
         try:
-            return await aio.run_async(run())
+            return await aio.run_async(with_retry_async(run, conf.mongo_outage_tolerance_seconds))
         except Exception as exc:
             mapped = translate(exc, self.describe_target())
             if mapped is exc:
