@@ -40,6 +40,15 @@ from pathlib import Path
 from bench_children import child_e2e, child_hot
 from bench_common import REAL_URL, RESULTS_DIR, line, redacted, section
 from bench_report import checks, print_checks, print_hot, print_operations, run_e2e, run_hot
+from bench_stack_report import (
+    describe,
+    print_components,
+    print_stack,
+    run_components,
+    run_stack,
+    stack_checks,
+    stores,
+)
 
 
 def main() -> int:
@@ -50,6 +59,10 @@ def main() -> int:
     parser.add_argument("--stored", default="", help="hot-path stored levels, e.g. 200,2000,20000")
     parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs per size <= 500")
     parser.add_argument("--json", default="", help="where to write the JSON report")
+    parser.add_argument("--stack-tasks", type=int, default=0, help="whole-stack tasks (200)")
+    parser.add_argument("--no-wire", action="store_true", help="skip the wire server")
+    parser.add_argument("--no-stack", action="store_true", help="state backend sections only")
+    parser.add_argument("--idle-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
@@ -58,7 +71,11 @@ def main() -> int:
 
     if args.child:
         backend = os.environ["PYNENC_MONGO_BENCH_BACKEND"]
-        if args.child == "e2e":
+        if args.child == "stack":
+            import bench_stack
+
+            figures = bench_stack.child_stack(int(args.tasks), args.idle_seconds)
+        elif args.child == "e2e":
             figures = child_e2e(backend, int(args.tasks))
         else:
             sizes = [int(s) for s in args.batch_sizes.split(",")]
@@ -110,6 +127,21 @@ def main() -> int:
         hot = run_hot(stored, calls_for)
         print_hot(hot)
     found = checks(e2e, hot)
+    stack: dict[str, object] = {}
+    components: dict[str, object] = {}
+    if not args.no_stack:
+        stack_tasks = args.stack_tasks or (100 if args.quick else 200)
+        with stores(not args.no_wire) as store_list:
+            with section(
+                "Whole stack (issue #15): all five components on MongoDB, on "
+                + describe(store_list)
+            ):
+                stack = run_stack(store_list, stack_tasks, 2.0 if args.quick else 5.0)
+                print_stack(stack, stack_tasks)
+            found += stack_checks(stack)
+            with section("Per component (issues #12, #13, #14): round trips"):
+                components = run_components(store_list, args.quick)
+                found += print_components(components)
     with section("Targets"):
         print_checks(found)
     total = time.perf_counter() - started
@@ -122,6 +154,8 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "e2e": {str(k): v for k, v in e2e.items()},
         "hot": hot,
+        "stack": stack,
+        "components": components,
         "checks": found,
         "total_s": total,
     }
