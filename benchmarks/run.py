@@ -2,8 +2,10 @@
 
 Usage (``scripts/benchmark`` runs this with the project's virtual environment)::
 
-    scripts/benchmark                 # full run: 200 and 2,000 tasks; 200/2,000/20,000 stored
-    scripts/benchmark --quick         # a smaller run (about half a minute), same report
+    scripts/benchmark                 # full run (about 10 minutes on 2 CPUs)
+    scripts/benchmark --quick         # a smaller run (about 3-4 minutes), same report
+    scripts/benchmark --no-stack      # the state backend sections only (about 1 minute quick)
+    scripts/benchmark --no-wire       # whole stack on the embedded store only
     PYNENC_MONGO_TEST_URL=mongodb://host:27017 scripts/benchmark   # against a real server
 
 In one run it prints:
@@ -18,7 +20,16 @@ In one run it prints:
    and what a multi-process deployment adds.
 3. The hot path: each backend method timed directly, with the operations per
    call, for 200, 2,000 and 20,000 invocations already stored.
-4. The targets, met or not, with the reason.
+4. The whole stack (:mod:`bench_stack`, issue #15): all five components on MongoDB
+   (``PynencBuilder().mongo(url)``), synchronous and asynchronous history, on the
+   embedded store and on the wire server (started here; or the server of
+   ``PYNENC_MONGO_TEST_URL``): operations per successful ``add`` task by component,
+   collection and command (PyMongo command listener on the wire: true round trips),
+   idle round trips per runner loop iteration, throughput vs pynenc's memory and
+   SQLite stacks. Targets: <= 10 (sync), <= 7 (async); 0.3.0's anchor: 42.4.
+5. Per component (issues #12-#14): ``orchestrator_round_trips.py``,
+   ``broker_round_trips.py``, ``trigger_round_trips.py`` run on each store.
+6. The targets, met or not, with the reason.
 
 Every measurement runs in a fresh child process (one per backend and run), so
 each starts from an empty store and reports its own peak memory. The embedded
@@ -54,7 +65,7 @@ from bench_stack_report import (
 def main() -> int:
     """Parse arguments; run the children (or be one); print and save the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 4 min)")
     parser.add_argument("--tasks", default="", help="end-to-end sizes, e.g. 200,2000")
     parser.add_argument("--stored", default="", help="hot-path stored levels, e.g. 200,2000,20000")
     parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs per size <= 500")
