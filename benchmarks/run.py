@@ -2,7 +2,7 @@
 
 Usage (``scripts/benchmark`` runs this with the project's virtual environment)::
 
-    scripts/benchmark                 # full run (about 10 minutes on 2 CPUs)
+    scripts/benchmark                 # full run (about 15-20 minutes on 2 CPUs)
     scripts/benchmark --quick         # a smaller run (about 3-4 minutes), same report
     scripts/benchmark --no-stack      # the state backend sections only (about 1 minute quick)
     scripts/benchmark --no-wire       # whole stack on the embedded store only
