@@ -18,8 +18,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
+import psutil
 import pytest
 from pynenc import Pynenc, PynencBuilder
 from pynenc.serializer.base_serializer import BaseSerializer
@@ -29,6 +31,9 @@ from pynenc_tests.util.subclasses import get_runner_subclasses
 from run_settings import REAL_URL, RUN_DATABASE
 
 from pynenc_mongo.builder import FULL_STACK
+
+#: pynenc 0.4.x (the combinations suite and workflow suites of this folder are its).
+PYNENC_04 = tuple(int(p) for p in version("pynenc").split(".")[:2]) >= (0, 4)
 
 #: Runners that work with one process's embedded store.
 IN_PROCESS_RUNNERS = ("ThreadRunner", "DummyRunner")
@@ -123,12 +128,32 @@ def app_combination_instance(
     env.update({f"PYNENC__{key.upper()}": cls for key, cls in FULL_STACK.items()})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     app = Pynenc()
     yield app
     try:
         app.purge()
     except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
         pass
+    _stop_new_children(before)
+
+
+def _stop_new_children(before: set[int]) -> None:
+    """End runner processes a test left behind (a PersistentProcessRunner's workers
+    outlive a stopped parent loop): they would keep polling the server for the rest of
+    the run."""
+    leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for proc in leftovers:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(leftovers, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 #: Tests of pynenc's suite that compare wall times between invocations, and the runners
@@ -138,7 +163,18 @@ TIMED_TESTS = {"test_task_running_concurrency": ("ProcessRunner",)}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip :data:`TIMED_TESTS` on the wire emulator (they run with PYNENC_MONGO_TEST_URL)."""
+    """Skip :data:`TIMED_TESTS` on the wire emulator (they run with PYNENC_MONGO_TEST_URL);
+    on pynenc 0.2.3 skip the folder, saying why."""
+    if not PYNENC_04:
+        for item in items:
+            if "tests/fullstack/" in item.nodeid:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason="full-stack end-to-end suites are wired for pynenc 0.4.x; on "
+                        "0.2.3 each component's own conformance suite runs (tests/<component>/)"
+                    )
+                )
+        return
     if REAL_URL:
         return
     for item in items:

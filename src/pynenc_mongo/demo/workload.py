@@ -174,7 +174,8 @@ def _wait_triggered(the_app: Pynenc, event_id: str, deadline: float) -> list[Any
                 "starts) and does a runner run the atomic service?"
             )
         time.sleep(0.05)
-    return [the_app.state_backend.get_invocation(i) for i in sorted(ids)]
+    backend: Any = the_app.state_backend
+    return [backend.get_invocation(i) for i in sorted(ids)]
 
 
 def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -> list[Any]:
