@@ -10,7 +10,7 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from pynenc_mongo import errors
+from pynenc_mongo import errors, write_outcomes
 from pynenc_mongo.errors import is_transient, with_retry
 
 DUPLICATE_KEY = 11000
@@ -101,8 +101,12 @@ def surely_unwritten(exc: BaseException, count: int) -> list[int]:
             for err in details.get("writeErrors") or []
             if err.get("code") == DUPLICATE_KEY
         }
-        return sorted(errors.rejected_positions(exc) - duplicates)
-    if count == 1 and not isinstance(exc, DuplicateKeyError) and errors.is_surely_not_applied(exc):
+        return sorted(write_outcomes.rejected_positions(exc) - duplicates)
+    if (
+        count == 1
+        and not isinstance(exc, DuplicateKeyError)
+        and write_outcomes.is_surely_not_applied(exc)
+    ):
         return [0]
     return []
 

@@ -41,10 +41,8 @@ from pynenc_mongo.errors import (
     MAX_DOCUMENT_BYTES,
     MongoIndexMissingError,
     MongoLimitError,
-    WriteOutcome,
     is_document_too_large,
     with_retry,
-    write_outcome,
 )
 from pynenc_mongo.indexes import (
     SETUP_SCRIPT,
@@ -55,6 +53,7 @@ from pynenc_mongo.indexes import (
 )
 from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.schema import F_APP
+from pynenc_mongo.write_outcomes import WriteOutcome, write_outcome
 
 logger = logging.getLogger("pynenc_mongo")
 
