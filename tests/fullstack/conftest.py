@@ -166,8 +166,22 @@ TIMED_TESTS = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip :data:`TIMED_TESTS` on the wire emulator (they run with PYNENC_MONGO_TEST_URL);
-    on pynenc 0.2.3 skip the folder, saying why."""
+    """Run this folder's tests last; skip :data:`TIMED_TESTS` on the wire emulator (they
+    run with PYNENC_MONGO_TEST_URL); on pynenc 0.2.3 skip the folder, saying why.
+
+    Order of the whole session: the top-level ``tests/test_*.py`` modules first, then
+    the component folders, then this folder. pynenc's runners leave threads behind after
+    a test (its ``app`` fixture stops only the runner loop), and the top-level modules
+    count the MongoDB operations of the whole process in a window.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith("tests/fullstack/"):
+            return 2
+        return 0 if path.count("/") == 1 else 1
+
+    items.sort(key=rank)  # stable: each group keeps its order
     if not PYNENC_04:
         for item in items:
             if "tests/fullstack/" in item.nodeid:
