@@ -130,13 +130,23 @@ def find_all(
     :return: the documents.
     """
 
-    def read() -> list[dict[str, Any]]:
-        cursor = collection.find(filter_, projection)
-        if sort:
-            cursor = cursor.sort(list(sort))
-        return list(cursor)
+    return with_retry(read_all, collection, filter_, projection, sort)
 
-    return with_retry(read)
+
+def read_all(
+    collection: Any,
+    filter_: dict[str, Any],
+    projection: dict[str, Any] | None = None,
+    sort: Sequence[tuple[str, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """One attempt of :func:`find_all`: a new cursor, read to the end.
+
+    :return: the documents matching ``filter_`` (sorted by ``sort`` when given).
+    """
+    cursor = collection.find(filter_, projection)
+    if sort:
+        cursor = cursor.sort(list(sort))
+    return list(cursor)
 
 
 def upsert_retrying_duplicate[T](func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

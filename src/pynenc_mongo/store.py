@@ -51,7 +51,7 @@ from pynenc_mongo.indexes import (
     unique_index_state,
     warn_once,
 )
-from pynenc_mongo.operations import insert_if_absent
+from pynenc_mongo.operations import insert_if_absent, read_all
 from pynenc_mongo.schema import F_APP
 from pynenc_mongo.write_outcomes import WriteOutcome, write_outcome
 
@@ -293,13 +293,7 @@ class MongoStore:
         :return: the documents.
         """
 
-        def read() -> list[dict[str, Any]]:
-            cursor = collection.find(filter_, projection)
-            if sort:
-                cursor = cursor.sort(list(sort))
-            return list(cursor)
-
-        return self.retry(read)
+        return self.retry(read_all, collection, filter_, projection, sort)
 
     def upsert[T](self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an idempotent upsert under :meth:`retry`, a duplicate-key race retried too.
