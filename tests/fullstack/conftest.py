@@ -28,7 +28,7 @@ from pynenc.serializer.base_serializer import BaseSerializer
 from pynenc.util.subclasses import get_all_subclasses
 from pynenc_tests import util
 from pynenc_tests.util.subclasses import get_runner_subclasses
-from run_settings import REAL_URL, RUN_DATABASE
+from run_settings import MODE, REAL_URL, RUN_DATABASE
 
 from pynenc_mongo.builder import FULL_STACK
 
@@ -192,7 +192,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     )
                 )
         return
-    if REAL_URL:
+    if MODE == "real":
         return
     for item in items:
         runners = TIMED_TESTS.get(getattr(item, "originalname", ""), ())
