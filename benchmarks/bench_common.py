@@ -82,12 +82,13 @@ def per_item(count: float, n: float) -> float:
 def spawn(kind: str, backend: str, **params: Any) -> dict[str, Any]:
     """Run one measurement in a fresh child process; returns its JSON figures."""
     database = f"pynenc_bench_{uuid.uuid4().hex[:10]}"
+    url = str(params.pop("url", "")) or REAL_URL or EMBEDDED_URL
     with tempfile.TemporaryDirectory(prefix="pynenc-mongo-bench-") as tmp:
         out = Path(tmp) / "out.json"
         env = {
             **os.environ,
             "PYNENC_MONGO_BENCH_BACKEND": backend,
-            "PYNENC_MONGO_BENCH_URL": REAL_URL or EMBEDDED_URL,
+            "PYNENC_MONGO_BENCH_URL": url,
             "PYNENC_MONGO_BENCH_DATABASE": database,
             "PYNENC_MONGO_BENCH_SQLITE": str(Path(tmp) / "state.db"),
             "PYTHONWARNINGS": "ignore",
@@ -98,7 +99,7 @@ def spawn(kind: str, backend: str, **params: Any) -> dict[str, Any]:
         try:
             proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600)
         finally:
-            if backend in MONGO_MODES:
+            if backend in MONGO_MODES or (backend.startswith("stack-mongo") and url == REAL_URL):
                 drop_database(database)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

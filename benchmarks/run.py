@@ -2,8 +2,10 @@
 
 Usage (``scripts/benchmark`` runs this with the project's virtual environment)::
 
-    scripts/benchmark                 # full run: 200 and 2,000 tasks; 200/2,000/20,000 stored
-    scripts/benchmark --quick         # a smaller run (about half a minute), same report
+    scripts/benchmark                 # full run (about 15-20 minutes on 2 CPUs)
+    scripts/benchmark --quick         # a smaller run (about 3-4 minutes), same report
+    scripts/benchmark --no-stack      # the state backend sections only (about 1 minute quick)
+    scripts/benchmark --no-wire       # whole stack on the embedded store only
     PYNENC_MONGO_TEST_URL=mongodb://host:27017 scripts/benchmark   # against a real server
 
 In one run it prints:
@@ -18,7 +20,16 @@ In one run it prints:
    and what a multi-process deployment adds.
 3. The hot path: each backend method timed directly, with the operations per
    call, for 200, 2,000 and 20,000 invocations already stored.
-4. The targets, met or not, with the reason.
+4. The whole stack (:mod:`bench_stack`, issue #15): all five components on MongoDB
+   (``PynencBuilder().mongo(url)``), synchronous and asynchronous history, on the
+   embedded store and on the wire server (started here; or the server of
+   ``PYNENC_MONGO_TEST_URL``): operations per successful ``add`` task by component,
+   collection and command (PyMongo command listener on the wire: true round trips),
+   idle round trips per runner loop iteration, throughput vs pynenc's memory and
+   SQLite stacks. Targets: <= 10 (sync), <= 7 (async); 0.3.0's anchor: 42.4.
+5. Per component (issues #12-#14): ``orchestrator_round_trips.py``,
+   ``broker_round_trips.py``, ``trigger_round_trips.py`` run on each store.
+6. The targets, met or not, with the reason.
 
 Every measurement runs in a fresh child process (one per backend and run), so
 each starts from an empty store and reports its own peak memory. The embedded
@@ -40,16 +51,29 @@ from pathlib import Path
 from bench_children import child_e2e, child_hot
 from bench_common import REAL_URL, RESULTS_DIR, line, redacted, section
 from bench_report import checks, print_checks, print_hot, print_operations, run_e2e, run_hot
+from bench_stack_report import (
+    describe,
+    print_components,
+    print_stack,
+    run_components,
+    run_stack,
+    stack_checks,
+    stores,
+)
 
 
 def main() -> int:
     """Parse arguments; run the children (or be one); print and save the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 4 min)")
     parser.add_argument("--tasks", default="", help="end-to-end sizes, e.g. 200,2000")
     parser.add_argument("--stored", default="", help="hot-path stored levels, e.g. 200,2000,20000")
     parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs per size <= 500")
     parser.add_argument("--json", default="", help="where to write the JSON report")
+    parser.add_argument("--stack-tasks", type=int, default=0, help="whole-stack tasks (200)")
+    parser.add_argument("--no-wire", action="store_true", help="skip the wire server")
+    parser.add_argument("--no-stack", action="store_true", help="state backend sections only")
+    parser.add_argument("--idle-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
@@ -58,7 +82,11 @@ def main() -> int:
 
     if args.child:
         backend = os.environ["PYNENC_MONGO_BENCH_BACKEND"]
-        if args.child == "e2e":
+        if args.child == "stack":
+            import bench_stack
+
+            figures = bench_stack.child_stack(int(args.tasks), args.idle_seconds)
+        elif args.child == "e2e":
             figures = child_e2e(backend, int(args.tasks))
         else:
             sizes = [int(s) for s in args.batch_sizes.split(",")]
@@ -110,6 +138,21 @@ def main() -> int:
         hot = run_hot(stored, calls_for)
         print_hot(hot)
     found = checks(e2e, hot)
+    stack: dict[str, object] = {}
+    components: dict[str, object] = {}
+    if not args.no_stack:
+        stack_tasks = args.stack_tasks or (100 if args.quick else 200)
+        with stores(not args.no_wire) as store_list:
+            with section(
+                "Whole stack (issue #15): all five components on MongoDB, on "
+                + describe(store_list)
+            ):
+                stack = run_stack(store_list, stack_tasks, 2.0 if args.quick else 5.0)
+                print_stack(stack, stack_tasks)
+            found += stack_checks(stack)
+            with section("Per component (issues #12, #13, #14): round trips"):
+                components = run_components(store_list, args.quick)
+                found += print_components(components)
     with section("Targets"):
         print_checks(found)
     total = time.perf_counter() - started
@@ -122,6 +165,8 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "e2e": {str(k): v for k, v in e2e.items()},
         "hot": hot,
+        "stack": stack,
+        "components": components,
         "checks": found,
         "total_s": total,
     }

@@ -50,6 +50,7 @@ async def _serve(host: str, port: int, users: list[tuple[str, str]], url_file: s
             username=name,
             password=password,
             source="admin",
+            mechanisms=("SCRAM-SHA-256",),
             roles=({"role": "root", "db": "admin"},),
         )
         for name, password in users
@@ -67,7 +68,10 @@ async def _serve(host: str, port: int, users: list[tuple[str, str]], url_file: s
 
             url = url.replace(
                 "mongodb://", f"mongodb://{quote(name, safe='')}:{quote(password, safe='')}@", 1
-            ).replace("/?", "/?authSource=admin&", 1)
+            # authMechanism: PyMongo negotiates the mechanism from the server's
+            # ``saslSupportedMechs`` reply and falls back to SCRAM-SHA-1, which the
+            # emulator's SCRAM-SHA-1 refuses; SCRAM-SHA-256 (MongoDB's default) works.
+            ).replace("/?", "/?authSource=admin&authMechanism=SCRAM-SHA-256&", 1)
         print(url, flush=True)
         if url_file:
             Path(url_file).write_text(url + "\n", encoding="utf-8")

@@ -229,11 +229,16 @@ class _Pending:
 
 
 #: pynenc-mongo modules that are generic helpers: they count as pynenc-mongo code, but
-#: the report names their caller (monitoring's wrappers do not count at all). The store
+#: the report names their caller (monitoring's wrappers and the embedded client's lock
+#: wrapper do not count at all: a test's own query passes through them). The store
 #: layer is one: the report names the component that asked it.
 _HELPER_MODULES = frozenset(
     {"pynenc_mongo.errors", "pynenc_mongo.operations", "pynenc_mongo.store"}
 )
+
+
+#: Wrappers every query passes through, whoever issued it.
+_PASS_THROUGH_MODULES = frozenset({"pynenc_mongo.monitoring", "pynenc_mongo.client"})
 
 
 def _caller_in_package() -> str | None:
@@ -247,7 +252,7 @@ def _caller_in_package() -> str | None:
             where = f"{module}:{frame.f_lineno} in {frame.f_code.co_name}"
             if module in _HELPER_MODULES:
                 helper = helper or where
-            elif module != "pynenc_mongo.monitoring":
+            elif module not in _PASS_THROUGH_MODULES:
                 return where
         frame = frame.f_back
     return helper

@@ -168,7 +168,13 @@ def test_builder_selects_backend_and_composes_with_sqlite(tmp_path: Path) -> Non
 
 def test_builder_with_no_arguments_uses_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYNENC__MONGO_URL", "mongomock://from-env/envdb")
-    app = PynencBuilder().app_id(f"env-only-{uuid.uuid4().hex[:6]}").memory().mongo_state_backend().build()
+    app = (
+        PynencBuilder()
+        .app_id(f"env-only-{uuid.uuid4().hex[:6]}")
+        .memory()
+        .mongo_state_backend()
+        .build()
+    )
     backend = app.state_backend
     assert isinstance(backend, MongoStateBackend)
     assert backend.database_name == "envdb"
@@ -205,10 +211,19 @@ def test_discovery_finds_the_apps_in_the_configured_database(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     url = f"mongomock://discovery-{uuid.uuid4().hex[:6]}/discdb"
-    apps = [PynencBuilder().app_id(f"disc-{i}").memory().mongo_state_backend(url=url).build() for i in range(3)]
+    apps = [
+        PynencBuilder().app_id(f"disc-{i}").memory().mongo_state_backend(url=url).build()
+        for i in range(3)
+    ]
     for app in apps:
         assert app.state_backend is not None  # building it stores the app info
-    other = PynencBuilder().app_id("elsewhere").memory().mongo_state_backend(url=url, database="otherdb").build()
+    other = (
+        PynencBuilder()
+        .app_id("elsewhere")
+        .memory()
+        .mongo_state_backend(url=url, database="otherdb")
+        .build()
+    )
     assert other.state_backend is not None
     monkeypatch.setenv("PYNENC__MONGO_URL", url)
     found = MongoStateBackend.discover_app_infos()

@@ -118,7 +118,13 @@ def test_good_values_are_accepted() -> None:
 
 
 def test_misspelt_setting_in_config_values_is_refused(mongo_url: str) -> None:
-    app = PynencBuilder().memory().mongo_state_backend(url=mongo_url).custom_config(mongo_urll="x").build()
+    app = (
+        PynencBuilder()
+        .memory()
+        .mongo_state_backend(url=mongo_url)
+        .custom_config(mongo_urll="x")
+        .build()
+    )
     with pytest.raises(MongoConfigError, match="mongo_urll: unknown pynenc-mongo setting") as info:
         _ = app.state_backend
     assert "did you mean 'mongo_url'" in str(info.value)

@@ -194,7 +194,7 @@ def test_history_iteration_resumes_after_losing_the_cursor_midway(
 def test_errors_beyond_the_retries_are_clear_and_the_app_recovers(
     make_app: Any, monkeypatch: Any
 ) -> None:
-    backend = make_app().state_backend
+    backend = make_app(outage_tolerance_seconds=0).state_backend  # 0: attempts-based policy
     plan = FaultPlan({"find_one_and_update": 100})
     install_faults(monkeypatch, backend, plan)
     with pytest.raises(MongoUnavailableError, match="connection failed") as info:
@@ -232,6 +232,7 @@ def test_unreachable_server_fails_within_the_timeout_naming_host_and_cause() -> 
         .mongo_state_backend(
             url=f"mongodb://user:{PASSWORD}@127.0.0.1:{port}/db",
             server_selection_timeout_seconds=timeout,
+            outage_tolerance_seconds=0,  # no waiting out the outage: fail on the first timeout
         )
         .build()
     )

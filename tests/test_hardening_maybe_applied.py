@@ -29,14 +29,14 @@ from pymongo.errors import (
 from pynenc import Pynenc
 
 from pynenc_mongo import schema
-from pynenc_mongo.errors import (
+from pynenc_mongo.operations import insert_if_absent, only_duplicates, surely_unwritten
+from pynenc_mongo.store import MongoStore
+from pynenc_mongo.write_outcomes import (
     WriteOutcome,
     is_surely_not_applied,
     rejected_positions,
     write_outcome,
 )
-from pynenc_mongo.operations import insert_if_absent, only_duplicates, surely_unwritten
-from pynenc_mongo.store import MongoStore
 
 BIG = "".join(f"{i:08x}" for i in range(2000))  # 16000 bytes: stored as pieces
 WTIMEOUT = {

@@ -107,6 +107,30 @@ def test_async_reads_do_no_store_work_on_the_loop_thread(
     assert threads and aio.THREAD_NAME not in threads
 
 
+def test_async_clients_are_created_off_the_loop_thread(
+    make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating an asynchronous client (for ``mongodb+srv://`` URLs, DNS lookups) must
+    not run on the shared loop thread, for reads nor for the history writer. Before
+    the fix both created their client on the loop thread on first use."""
+    aio.stop_loop_thread()  # a new loop thread: no client cached yet
+    made: list[str] = []
+    original = aio._make_client
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(aio, "_make_client", recording)
+    backend: Any = make_app(history_write_mode="async").state_backend
+    backend.set_result("inv-1", "result")
+    assert asyncio.run(backend.aget_result("inv-1")) == "result"
+    backend.add_history("inv-1", InvocationStatusRecord(status=InvocationStatus.RUNNING), CTX)
+    backend.wait_for_invocation_async_operations("inv-1")
+    assert made, "no asynchronous client was created"
+    assert aio.THREAD_NAME not in made
+
+
 # ---------------------------------------------------------------- item 9
 def test_runner_context_parents_are_fetched_in_one_batch_and_cached(
     make_app: Callable[..., Pynenc],

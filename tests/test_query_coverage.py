@@ -225,6 +225,6 @@ def test_every_query_the_suite_issued_is_served_by_an_index(
     query path, then checks every query recorded in this session so far."""
     _exercise(make_app, monkeypatch)
     shapes = query_recorder.SESSION.shapes()
-    assert {s.collection for s in shapes} == set(schema.STATE_COLLECTIONS)
+    assert set(schema.STATE_COLLECTIONS) <= {s.collection for s in shapes}
     unserved = query_recorder.SESSION.unserved()
     assert not unserved, "\n".join(query_recorder.report_lines(unserved, len(shapes)))

@@ -18,6 +18,7 @@ from pynenc_mongo.errors import MongoUnavailableError, translate
 PASSWORD = "V3ry-S3cret"
 
 
+@pytest.mark.embedded_only("checks the thread safety of the embedded (mongomock) store")
 def test_embedded_store_is_safe_to_share_between_threads(make_app: Callable[..., Pynenc]) -> None:
     """mongomock alone raises 'dictionary changed size during iteration' here."""
     backend: Any = make_app().state_backend

@@ -38,4 +38,4 @@ __all__ = [
     "MongoUnavailableError",
     "MongoUrlError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.4.0"

@@ -49,6 +49,7 @@ class LoopThread:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._clients: dict[tuple[str, str, str, float, float | None], Any] = {}
+        self._clients_lock = threading.Lock()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self.thread.start()
@@ -74,7 +75,14 @@ class LoopThread:
         timeout_seconds: float,
         socket_timeout_seconds: float | None = None,
     ) -> Any:
-        """The loop's asynchronous client for these settings (call on the loop only).
+        """The loop's asynchronous client for these settings.
+
+        Call it from a thread other than the loop's (issue 16, item 3): creating a
+        client is synchronous work (option parsing, and for ``mongodb+srv://`` URLs
+        PyMongo's SRV and TXT DNS lookups), which must not stall the shared loop. The
+        clients bind to the loop on their first operation (PyMongo's
+        ``AsyncMongoClient`` and Motor both defer it), so one created here serves
+        the loop.
 
         :param float timeout_seconds: server selection timeout in seconds.
         :param float | None socket_timeout_seconds: socket timeout in seconds
@@ -84,14 +92,16 @@ class LoopThread:
         """
         socket_timeout = float(socket_timeout_seconds) if socket_timeout_seconds else None
         key = (url, database, driver, float(timeout_seconds), socket_timeout)
-        client = self._clients.get(key)
-        if client is None:
-            client = _make_client(url, driver, timeout_seconds, socket_timeout)
-            self._clients[key] = client
-        return client
+        with self._clients_lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = _make_client(url, driver, timeout_seconds, socket_timeout)
+                self._clients[key] = client
+            return client
 
     async def _close_clients(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             result = client.close()
             if asyncio.iscoroutine(result):

@@ -21,11 +21,18 @@ asynchronous MongoDB operations on one event loop thread per process
   batches complete: memory is bounded by what is in flight.
 * Backpressure: at most ``mongo_max_pending_writes`` records in flight; past
   that, ``submit`` blocks until the backlog drains.
-* Transient errors (see :func:`pynenc_mongo.errors.is_transient`) are retried
-  with exponential backoff; the insert is idempotent (client-made ``_id``,
-  duplicates skipped). A permanent failure is logged with the invocation ids and
-  raised as :class:`~pynenc_mongo.errors.AsyncOperationError` from the next wait
-  for each affected invocation (and from ``wait_all``).
+* Transient errors and an unreachable server (see
+  :func:`pynenc_mongo.errors.is_outage`) are retried with exponential backoff for
+  up to ``mongo_outage_tolerance_seconds`` (default 30 s); meanwhile the batch and
+  every record submitted after it stay buffered (backpressure as above), none is
+  dropped. The insert is idempotent (client-made ``_id``, duplicates skipped), so
+  a batch whose reply was lost is simply inserted again. A failure for good (a
+  permanent error, or the server still unreachable past the tolerance) is logged
+  with the invocation ids and raised from the next wait for each affected
+  invocation (and from ``wait_all``) as
+  :class:`~pynenc_mongo.errors.AsyncOperationError`; past the tolerance as its
+  subclass :class:`~pynenc_mongo.errors.AsyncUnavailableError` (also a
+  ``MongoUnavailableError``), naming the host and how long it waited.
 
 :func:`make_history_writer` picks the writer from ``mongo_history_write_mode``:
 ``auto`` follows the installed pynenc's contract (asynchronous on 0.2.x, whose
@@ -38,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
@@ -47,10 +56,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pynenc.state_backend.base_state_backend import BaseStateBackend
-from tenacity import AsyncRetrying
 
 from pynenc_mongo import aio, schema
-from pynenc_mongo.errors import AsyncOperationError, retry_policy
+from pynenc_mongo.errors import (
+    AsyncOperationError,
+    AsyncUnavailableError,
+    MongoUnavailableError,
+    translate,
+    with_retry_async,
+)
 from pynenc_mongo.operations import DUPLICATE_KEY, only_duplicates
 
 if TYPE_CHECKING:
@@ -94,6 +108,9 @@ class HistoryTarget(Protocol):
 
     def write_history_now(self, docs: list[dict[str, Any]]) -> None:
         """Insert history documents now (idempotent)."""
+
+    def describe_target(self) -> str:
+        """Where the history goes: redacted URL and database (for error messages)."""
 
 
 class HistoryWriter(Protocol):
@@ -176,6 +193,8 @@ class AsyncHistoryWriter:
         self._draining = False
         self._closed = False
         self._waiters = 0
+        self._tolerance = conf.mongo_outage_tolerance_seconds
+        self._where = backend.describe_target()
         if insert is None:
             backend.collection(schema.HISTORY)  # ensures the indexes (sync client)
             insert = _mongo_insert(
@@ -187,6 +206,7 @@ class AsyncHistoryWriter:
             )
         self._insert = insert
         _live_writers.add(self)
+        _flush_at_process_exit()
 
     # -- caller side ---------------------------------------------------------
     def submit(self, docs: list[dict[str, Any]]) -> None:
@@ -245,7 +265,7 @@ class AsyncHistoryWriter:
                 self._block_until(lambda: self._completed_seq >= target)
             failure = self._failures.pop(invocation_id, None)
         if failure is not None:
-            raise AsyncOperationError(invocation_id, failure)
+            raise _async_error(invocation_id, failure)
 
     def wait_all(self) -> None:
         """Block until every record submitted so far is written.
@@ -262,7 +282,7 @@ class AsyncHistoryWriter:
             invocation_id, cause = failures[0]
             if len(failures) > 1:
                 logger.error("%d invocations had failed history writes", len(failures))
-            raise AsyncOperationError(invocation_id, cause)
+            raise _async_error(invocation_id, cause)
 
     def tracked_invocations(self) -> int:
         """How many invocations have records in flight (bounded by in-flight work)."""
@@ -315,20 +335,24 @@ class AsyncHistoryWriter:
             try:
                 await self._insert_with_retry(docs)
             except Exception as exc:  # noqa: BLE001 - reported through wait()
-                error = exc
+                error = translate(exc, self._where)
                 ids = sorted({doc[schema.F_INV] for doc in docs})
                 logger.error(
                     "pynenc-mongo: history write failed for good for invocation(s) %s: %s: %s",
                     ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""),
-                    type(exc).__name__,
-                    exc,
+                    type(error).__name__,
+                    error,
                 )
             self._complete(batch, error)
 
     async def _insert_with_retry(self, docs: list[dict[str, Any]]) -> None:
-        async for attempt in AsyncRetrying(**retry_policy()):
-            with attempt:
-                await self._insert(docs)
+        """Insert one batch under the retry policy with this writer's outage tolerance
+        (see :func:`pynenc_mongo.errors.with_retry_async`); the insert is idempotent."""
+
+        async def insert() -> None:
+            await self._insert(docs)
+
+        await with_retry_async(insert, self._tolerance)
 
     def _complete(
         self, batch: list[tuple[int, dict[str, Any]]], error: BaseException | None
@@ -352,11 +376,16 @@ class AsyncHistoryWriter:
 def _mongo_insert(
     url: str, database: str, driver: str, timeout_seconds: float, collection: str
 ) -> InsertBatch:
-    """An idempotent unordered ``insert_many`` on the loop's asynchronous client."""
+    """An idempotent unordered ``insert_many`` on the loop's asynchronous client.
+
+    The client is created here, on the caller's thread, never on the loop thread
+    (issue 16, item 3; see :meth:`pynenc_mongo.aio.LoopThread.client`).
+    """
     from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+    client = aio.loop_thread().client(url, database, driver, timeout_seconds)
+
     async def insert(docs: list[dict[str, Any]]) -> None:
-        client = aio.loop_thread().client(url, database, driver, timeout_seconds)
         try:
             await client[database][collection].insert_many(docs, ordered=False)
         except BulkWriteError as exc:
@@ -369,7 +398,33 @@ def _mongo_insert(
     return insert
 
 
+def _async_error(invocation_id: str, cause: BaseException) -> AsyncOperationError:
+    """The error a wait raises for a failed write: :class:`AsyncUnavailableError`
+    when MongoDB stayed unreachable past the tolerance, else :class:`AsyncOperationError`."""
+    if isinstance(cause, MongoUnavailableError):
+        return AsyncUnavailableError(invocation_id, cause)
+    return AsyncOperationError(invocation_id, cause)
+
+
 _live_writers: weakref.WeakSet[AsyncHistoryWriter] = weakref.WeakSet()
+_finalizer_pid = 0
+
+
+def _flush_at_process_exit() -> None:
+    """Make sure this process flushes its writers when it ends, once per process.
+
+    ``atexit`` (below) covers the main process. A ``multiprocessing`` child (the
+    worker processes of pynenc's ProcessRunner, PersistentProcessRunner and
+    MultiThreadRunner) ends with ``os._exit`` and never runs ``atexit`` handlers, so
+    its last records (an invocation's final status) would be lost; its exit does run
+    ``multiprocessing.util.Finalize`` callbacks, so one is registered there.
+    """
+    global _finalizer_pid
+    if _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    if multiprocessing.parent_process() is not None:
+        multiprocessing.util.Finalize(None, flush_all_writers, exitpriority=100)
 
 
 def flush_all_writers() -> None:

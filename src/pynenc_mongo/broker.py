@@ -28,14 +28,45 @@ document; pynenc's own brokers give no stronger guarantee.
 
 **Delivery.** ``retrieve_invocation`` deletes the message as it returns it, as
 pynenc's SQLite and memory brokers do; ownership is then proved by the
-orchestrator's atomic status change to PENDING. If the runner dies after that
-change, pynenc's pending recovery (``max_pending_seconds``) re-routes the
-invocation: delivery is at-least-once through recovery, and the invocation never
-runs twice concurrently because every later status change checks ownership. If
-the runner dies in the short window between the pop and the PENDING change, the
-invocation stays REGISTERED with no message: pynenc 0.4 recovers PENDING and
-RUNNING invocations only (``core_tasks.recover_pending_invocations``), so nothing
-re-routes it (``tests/broker/test_broker_processes.py`` shows both cases).
+orchestrator's atomic status change to PENDING (a compare-and-set from the
+statuses pynenc marks available for run). Two windows lose the message:
+
+1. the runner dies after the PENDING change: pynenc's own pending recovery
+   (``recover_pending_invocations``, statuses PENDING older than
+   ``max_pending_seconds``) re-routes it;
+2. the runner dies between the pop and the PENDING change: the invocation stays
+   in a status available for run (REGISTERED, REROUTED, RETRY on pynenc 0.4, read
+   from ``InvocationStatus.get_available_for_run_statuses()`` at run time) with no
+   message, which pynenc 0.4 never recovers. ``MongoOrchestrator`` closes it in the
+   same core task: its ``get_pending_invocations_for_recovery`` first finds the
+   invocations in a status available for run whose status is older than
+   ``max_pending_seconds`` (one query, index ``orch_inv_status_ts``), keeps those
+   with no message here (:meth:`MongoBroker.queued_invocation_ids`, one ``$in``
+   query per 1,000 ids, index ``app_invocation``), and routes them again with the
+   queue and priority they were registered with
+   (:mod:`pynenc_mongo.orchestrator.recovery`).
+
+The guarantee, with ``MongoBroker`` and ``MongoOrchestrator`` together:
+
+* **at-least-once through recovery**: a routed invocation whose message is lost
+  in either window is routed again by the next run of the recovery core task, so
+  it runs unless the app stops for good;
+* **never twice concurrently, never twice to completion by this mechanism**: a
+  re-route can duplicate a message (the sweep's two reads are not one snapshot:
+  a runner may pop the message between them), but each message leads a runner
+  to the one compare-and-set to PENDING; exactly one runner wins it, the others'
+  messages are dropped because the status is no longer available for run. An
+  invocation runs a second time only through pynenc's own recoveries of a PENDING
+  or RUNNING owner presumed dead (a runner slower than ``max_pending_seconds``
+  between PENDING and RUNNING, or a RUNNING owner without heartbeat), never while
+  its owner's status change still holds;
+* **worst-case delay** before a lost message is routed again: the recovery core
+  task's period plus ``max_pending_seconds``: ``recover_pending_invocations_cron``
+  (default ``*/5 * * * *``, every 5 minutes) + ``max_pending_seconds`` (default
+  5 s), plus the time for the runner holding the atomic-service slot to start it.
+
+``tests/broker/test_broker_processes.py`` shows both windows with real runner
+processes killed by SIGKILL, and a duplicated message run once by racing runners.
 
 **Idle cost.** pynenc's runners poll: one ``find_one_and_delete`` per queue per
 loop iteration, each examining at most one index key; there is no blocking pop in
@@ -281,6 +312,26 @@ class MongoBroker(BaseBroker):
         """Delete every queued message of this app (other apps' are untouched);
         calling it again is harmless."""
         self.store.purge(COLLECTIONS)
+
+    @translate_errors
+    def queued_invocation_ids(self, invocation_ids: Sequence[str]) -> set[str]:
+        """Which of these invocations have at least one message queued (any queue).
+
+        One ``find`` with ``invocation_id $in``, covered by the index
+        ``app_invocation``; used by the orchestrator's recovery to tell an
+        invocation waiting in a backlog from one whose message was lost. The
+        caller bounds the list (the orchestrator sends at most 1,000 ids).
+
+        :param Sequence[str] invocation_ids: the ids to look up.
+        :return: the subset of ``invocation_ids`` with a message.
+        """
+        ids = sorted({str(i) for i in invocation_ids})
+        if not ids:
+            return set()
+        queue = self._queue()
+        query = {F_APP: self.app.app_id, F_INVOCATION: {"$in": ids}}
+        docs = self.store.retry(lambda: list(queue.find(query, {F_INVOCATION: 1, "_id": 0})))
+        return {doc[F_INVOCATION] for doc in docs}
 
     # ------------------------------------------------------------------ pynenc 0.2.x
     if LEGACY_BROKER:  # pragma: no cover (covered by the pynenc 0.2.3 run)

@@ -12,8 +12,8 @@
 
 The keywords of pynenc-mongo 0.3.0's ``mongo(url, db, host, port, username, password,
 auth_source)`` work unchanged: they are turned into ``mongo_url``/``mongo_database``.
-A validator (run by ``build()``) refuses a half-configured stack: a MongoDB
-orchestrator, broker or trigger next to pynenc's memory components.
+A validator (run by ``build()``) refuses a half-configured stack: MongoDB components
+next to pynenc's memory components under a runner whose workers are other processes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ _BUILDER_KEYS = {
     "max_pending_writes": "mongo_max_pending_writes",
     "inline_value_max_bytes": "mongo_inline_value_max_bytes",
     "retention_days": "mongo_retention_days",
+    "outage_tolerance_seconds": "mongo_outage_tolerance_seconds",
+    "socket_timeout_seconds": "mongo_socket_timeout_seconds",
     "async_driver": "mongo_async_driver",
     "invocation_cache_size": "mongo_invocation_cache_size",
 }
@@ -48,10 +50,8 @@ FULL_STACK: dict[str, str] = {
     "trigger_cls": "MongoTrigger",
     "client_data_store_cls": "MongoClientDataStore",
 }
-#: Components that coordinate runners: on MongoDB they need each other's data shared
-#: across processes (a memory broker next to a MongoDB orchestrator loses every message
-#: routed from another process).
-_COORDINATING = ("orchestrator_cls", "broker_cls", "trigger_cls")
+#: pynenc's runners whose workers share one process (memory components work with them).
+IN_PROCESS_RUNNERS = ("ThreadRunner", "DummyRunner")
 
 
 def _legacy_url(options: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -120,6 +120,7 @@ def mongo(builder: Any, url: str | None = None, database: str | None = None, **o
     :param options: any of ``server_selection_timeout_seconds``, ``collection_prefix``,
         ``create_indexes``, ``history_write_mode``, ``max_pending_writes``,
         ``inline_value_max_bytes``, ``retention_days``, ``async_driver``,
+        ``outage_tolerance_seconds``, ``socket_timeout_seconds``,
         ``invocation_cache_size`` (see :class:`~pynenc_mongo.config.ConfigStateBackendMongo`),
         or pynenc-mongo 0.3.0's ``db``, ``host``, ``port``, ``username``, ``password``,
         ``auth_source``.
@@ -197,24 +198,29 @@ def mongo_trigger(
 def validate_full_stack(config: dict[str, Any]) -> None:
     """Refuse a half-configured stack (pynenc calls this from ``PynencBuilder.build``).
 
-    A MongoDB orchestrator, broker or trigger shares its data across processes, so the
-    components it works with must too: next to any of pynenc's memory components
-    (``Mem*``) it would coordinate workers that cannot see each other's messages.
+    pynenc's memory components (``Mem*``) live in one process. Next to a MongoDB
+    component they are fine for the in-process runners (ThreadRunner, DummyRunner), but
+    with a runner whose workers are other OS processes (MultiThreadRunner, ProcessRunner,
+    PersistentProcessRunner) each worker would see its own memory broker, orchestrator or
+    client data store. pynenc's own check covers ``.memory()``; after ``.mongo()``
+    (which allows process runners) it no longer applies, so this one does.
 
     :param dict config: the builder's config values.
-    :raises ValueError: naming the memory components and the builder call that fixes it.
+    :raises ValueError: naming the memory components, the runner and the builder call
+        that fixes it.
     """
     selected = {key: str(config.get(key) or "") for key in FULL_STACK}
-    mongo_coordinating = [k for k in _COORDINATING if selected[k].startswith("Mongo")]
-    if not mongo_coordinating:
+    if not any(cls.startswith("Mongo") for cls in selected.values()):
+        return
+    runner = str(config.get("runner_cls") or "")
+    if not runner or runner in IN_PROCESS_RUNNERS:
         return
     in_memory = sorted(f"{k}={v}" for k, v in selected.items() if v.startswith("Mem"))
     if in_memory:
         raise ValueError(
-            "half-configured MongoDB stack: "
-            f"{', '.join(f'{k}={selected[k]}' for k in mongo_coordinating)} "
-            f"next to in-memory {', '.join(in_memory)}; use .mongo(url) for the whole app, "
-            "or .mongo_state_backend(url) to keep only the state on MongoDB"
+            f"half-configured MongoDB stack: {runner} runs workers in other processes, "
+            f"but these keep their data in one process: {', '.join(in_memory)}; use .mongo(url) "
+            "for the whole app, or a runner of one process (ThreadRunner, DummyRunner)"
         )
 
 

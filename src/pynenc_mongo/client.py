@@ -52,6 +52,8 @@ logger = logging.getLogger("pynenc_mongo")
 _ClientKey = tuple[str, str, float, float | None]
 _lock = threading.Lock()
 _clients: dict[_ClientKey, MongoClient[dict[str, Any]]] = {}
+#: The process id that created each registered client (see :func:`client_creator_pids`).
+_creator_pids: dict[_ClientKey, int] = {}
 _mock_stores: dict[str, Any] = {}
 
 
@@ -174,6 +176,7 @@ def get_client(
             parse_url(url)  # refuse malformed URLs with a redacted message
             client = _new_client(url, timeout_seconds, socket_timeout)
             _clients[client_key] = client
+            _creator_pids[client_key] = os.getpid()
         return client
 
 
@@ -254,6 +257,19 @@ def drop_mock_store(url: str) -> None:
         _mock_stores.pop(_mock_store_key(url), None)
 
 
+def client_creator_pids() -> list[int]:
+    """The process id that created each ``MongoClient`` this process's registry holds.
+
+    After a ``fork`` the registry is emptied, so in any process every entry equals
+    ``os.getpid()``: no client (and no socket) is shared across a fork. Tests check it
+    from inside worker processes.
+
+    :return: one process id per registered real client (mongomock stores excluded).
+    """
+    with _lock:
+        return list(_creator_pids.values())
+
+
 def close_all(timeout_seconds: float | None = None) -> None:
     """Close every real client of this process. Safe to call more than once.
 
@@ -268,6 +284,7 @@ def close_all(timeout_seconds: float | None = None) -> None:
     with _lock:
         clients = list(_clients.values())
         _clients.clear()
+        _creator_pids.clear()
     if not clients:
         return
     budget = CLOSE_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
@@ -306,6 +323,7 @@ def _forget_after_fork() -> None:
     _lock = threading.Lock()
     _MOCK_LOCK = threading.RLock()  # another parent thread may have held it
     _clients.clear()
+    _creator_pids.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -231,6 +231,13 @@ class ConfigMongo(ConfigPynencBase):
         60; 0 for no limit. Ignored when the URL sets ``socketTimeoutMS`` or
         ``timeoutMS``. See :func:`pynenc_mongo.client.get_client` for how it relates
         to ``timeoutMS`` and retries.
+    :cvar ConfigField[float] mongo_outage_tolerance_seconds:
+        How long every idempotent read and write (history, invocations, results,
+        workflow data, asynchronous history batches) keeps retrying while MongoDB is
+        unreachable (paused, restarting, electing a primary) before the caller gets
+        :class:`~pynenc_mongo.errors.MongoUnavailableError`. Default 30; 0 turns the
+        waiting off (5 attempts, a server selection timeout fails at once); at most
+        86400. See :mod:`pynenc_mongo.errors` and the README's "Outages" section.
     """
 
     mongo_url = ConfigField(DEFAULT_URL, _url_mapper, secret=True)
@@ -265,6 +272,12 @@ class ConfigMongo(ConfigPynencBase):
     mongo_socket_timeout_seconds = ConfigField(
         60.0,
         _number_mapper("mongo_socket_timeout_seconds", float, 0.0, "seconds", MAX_TIMEOUT_SECONDS),
+    )
+    mongo_outage_tolerance_seconds = ConfigField(
+        30.0,
+        _number_mapper(
+            "mongo_outage_tolerance_seconds", float, 0.0, "seconds", MAX_TIMEOUT_SECONDS
+        ),
     )
 
 

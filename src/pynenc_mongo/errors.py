@@ -3,48 +3,73 @@
 PyMongo already retries one transient failure of a retryable read or write
 (MongoDB manual, "Retryable Reads" / "Retryable Writes"). On top of that,
 :func:`with_retry` retries operations that this package has made idempotent
-(inserts with client-made ``_id`` or unique keys, ``$set`` upserts, reads) a
-bounded number of times with exponential backoff, using tenacity. Errors that
-outlive the retries become :class:`MongoUnavailableError` or
-:class:`MongoAuthenticationError`, whose messages name the host and the cause
-and never a password.
+(inserts with client-made ``_id`` or unique keys, ``$set`` upserts, reads) with
+exponential backoff, using tenacity, **for up to the outage tolerance**
+(``mongo_outage_tolerance_seconds``, default 30 s): a server paused, restarting
+or electing a new primary is waited for, server selection timeouts included.
+Each attempt runs under ``pymongo.timeout(<time left>)`` (PyMongo's client-side
+operation timeout), so an operation stuck on a frozen server ends at the
+deadline instead of hanging. A tolerance of 0 restores the plain policy:
+:data:`RETRY_ATTEMPTS` attempts, server selection timeouts not retried.
+
+The tolerance comes from, in order: the ``outage_tolerance_seconds`` keyword of
+:func:`with_retry` (``MongoStore.retry`` passes its config's), the innermost
+:func:`translate_errors`-decorated method's owner (its ``conf``), else
+:data:`DEFAULT_OUTAGE_TOLERANCE_SECONDS`.
+
+Errors that outlive the retries become :class:`MongoUnavailableError` (naming the
+host and how long the operation waited) or :class:`MongoAuthenticationError`,
+whose messages name the host and the cause and never a password.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
-from enum import StrEnum
+from contextlib import contextmanager
 from typing import Any, cast
 
+import pymongo
 from pymongo.errors import (
     AutoReconnect,
-    BulkWriteError,
     ConfigurationError,
     ConnectionFailure,
     DocumentTooLarge,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
-    WriteConcernError,
 )
 from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
 )
 
 logger = logging.getLogger("pynenc_mongo")
 
 
-#: Attempts per operation (the first try included) and backoff bounds in seconds.
+#: Attempts per operation (the first try included) when the outage tolerance is 0,
+#: and backoff bounds in seconds. The longest wait is short so that work resumes
+#: within about a second of the server coming back.
 RETRY_ATTEMPTS = 5
 RETRY_WAIT_MIN_SECONDS = 0.05
-RETRY_WAIT_MAX_SECONDS = 2.0
+RETRY_WAIT_MAX_SECONDS = 1.0
+#: Default of ``mongo_outage_tolerance_seconds``: how long an idempotent operation
+#: keeps retrying an unreachable server. A replica-set election takes up to about
+#: 12 s (MongoDB manual, "Replica Set Elections"); PyMongo's own default server
+#: selection timeout is 30 s.
+DEFAULT_OUTAGE_TOLERANCE_SECONDS = 30.0
+#: Attribute set on an error that outlived the retries: seconds spent retrying.
+WAITED_ATTR = "pynenc_mongo_waited_seconds"
 AUTH_FAILED_CODES = frozenset({18, 8000})  # AuthenticationFailed; Atlas "bad auth"
 #: MongoDB's limit on one BSON document (MongoDB manual, "BSON Document Size").
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
@@ -58,7 +83,9 @@ class MongoBackendError(RuntimeError):
 
 
 class MongoUnavailableError(MongoBackendError, ConnectionError):
-    """MongoDB could not be reached (within the server selection timeout)."""
+    """MongoDB could not be reached within the outage tolerance (or, with a tolerance
+    of 0, the server selection timeout). The message names the host and how long
+    the operation waited."""
 
 
 class MongoAuthenticationError(MongoBackendError, PermissionError):
@@ -103,6 +130,20 @@ class AsyncOperationError(MongoBackendError):
         self.invocation_id = invocation_id
 
 
+class AsyncUnavailableError(AsyncOperationError, MongoUnavailableError):
+    """An asynchronous write gave up because MongoDB stayed unreachable past the
+    outage tolerance (catchable as either parent)."""
+
+
+def is_auth_failure(exc: OperationFailure) -> bool:
+    """True when the server refused the credentials: codes :data:`AUTH_FAILED_CODES`,
+    or no code and the message MongoDB uses ("Authentication failed"; the wire test
+    server's SCRAM replies carry no code)."""
+    if exc.code in AUTH_FAILED_CODES:
+        return True
+    return exc.code is None and "Authentication failed" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: PyMongo's retryable labels and lost connections.
 
@@ -120,33 +161,175 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry_policy() -> dict[str, Any]:
-    """tenacity keyword arguments of this package's retry policy (sync and async):
-    transient errors only, :data:`RETRY_ATTEMPTS` attempts, exponential backoff from
-    :data:`RETRY_WAIT_MIN_SECONDS` to :data:`RETRY_WAIT_MAX_SECONDS`, last error re-raised."""
+def is_outage(exc: BaseException) -> bool:
+    """True for errors worth waiting out within the outage tolerance: the
+    :func:`is_transient` ones and server selection timeouts (no server answered)."""
+    return isinstance(exc, ServerSelectionTimeoutError) or is_transient(exc)
+
+
+#: The tolerance of the innermost :func:`translate_errors` method running (seconds).
+_TOLERANCE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pynenc_mongo_outage_tolerance", default=None
+)
+
+
+def current_tolerance(explicit: float | None = None) -> float:
+    """The outage tolerance in force, in seconds (see the module docstring)."""
+    if explicit is not None:
+        return float(explicit)
+    found = _TOLERANCE.get()
+    return DEFAULT_OUTAGE_TOLERANCE_SECONDS if found is None else found
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    if state.attempt_number in (1, 5, 20) or state.attempt_number % 50 == 0:
+        logger.warning(
+            "pynenc-mongo: MongoDB operation failed (attempt %d, %.1f s so far), retrying: %s: %s",
+            state.attempt_number,
+            state.seconds_since_start or 0.0,
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+
+
+def retry_policy(tolerance_seconds: float | None = None) -> dict[str, Any]:
+    """tenacity keyword arguments of this package's retry policy (sync and async).
+
+    :param float | None tolerance_seconds: the outage tolerance; None for
+        :func:`current_tolerance`.
+    :return: with a tolerance > 0: :func:`is_outage` errors retried until that many
+        seconds have passed; with 0: :func:`is_transient` errors only,
+        :data:`RETRY_ATTEMPTS` attempts. Exponential backoff from
+        :data:`RETRY_WAIT_MIN_SECONDS` to :data:`RETRY_WAIT_MAX_SECONDS` between
+        attempts; the last error re-raised unchanged.
+    """
+    tolerance = current_tolerance(tolerance_seconds)
+    wait = wait_exponential(
+        multiplier=RETRY_WAIT_MIN_SECONDS, min=RETRY_WAIT_MIN_SECONDS, max=RETRY_WAIT_MAX_SECONDS
+    )
+    if tolerance <= 0:
+        return {
+            "retry": retry_if_exception(is_transient),
+            "stop": stop_after_attempt(RETRY_ATTEMPTS),
+            "wait": wait,
+            "reraise": True,
+        }
     return {
-        "retry": retry_if_exception(is_transient),
-        "stop": stop_after_attempt(RETRY_ATTEMPTS),
-        "wait": wait_exponential(
-            multiplier=RETRY_WAIT_MIN_SECONDS,
-            min=RETRY_WAIT_MIN_SECONDS,
-            max=RETRY_WAIT_MAX_SECONDS,
-        ),
+        "retry": retry_if_exception(is_outage),
+        "stop": stop_after_delay(tolerance),
+        "wait": wait,
         "reraise": True,
+        "before_sleep": _log_retry,
     }
 
 
-def with_retry[**P, T](func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Call ``func(*args, **kwargs)``, retrying transient MongoDB errors.
+def _attempt_timeout(deadline: float) -> float | None:
+    """Seconds the next attempt may take (``pymongo.timeout``), or None for no bound."""
+    if deadline == float("inf"):
+        return None
+    return max(deadline - time.monotonic(), 0.001)
 
-    Only pass idempotent operations. Retries :data:`RETRY_ATTEMPTS` times in all
-    with exponential backoff between :data:`RETRY_WAIT_MIN_SECONDS` and
-    :data:`RETRY_WAIT_MAX_SECONDS`; the last error is re-raised unchanged.
+
+@contextmanager
+def _bounded(deadline: float) -> Iterator[None]:
+    seconds = _attempt_timeout(deadline)
+    if seconds is None:
+        yield
+        return
+    with pymongo.timeout(seconds):
+        yield
+
+
+def _deadline(tolerance: float) -> float:
+    return time.monotonic() + tolerance if tolerance > 0 else float("inf")
+
+
+def _mark_waited(exc: BaseException, started: float, tolerance: float) -> None:
+    """Record on ``exc`` how long the retries waited (read by :func:`translate`)."""
+    if tolerance > 0 and is_outage(exc):
+        try:
+            setattr(exc, WAITED_ATTR, time.monotonic() - started)
+        except AttributeError:  # pragma: no cover - exceptions accept attributes
+            pass
+
+
+def with_retry[T](
+    func: Callable[..., T],
+    *args: Any,
+    outage_tolerance_seconds: float | None = None,
+    **kwargs: Any,
+) -> T:
+    """Call ``func(*args, **kwargs)``, retrying MongoDB errors under :func:`retry_policy`.
+
+    Only pass idempotent operations. With an outage tolerance > 0 each attempt runs
+    under ``pymongo.timeout`` with the time left, so the whole call ends within the
+    tolerance (plus one backoff step). The last error is re-raised unchanged, marked
+    with how long it waited (see :func:`translate`).
+
+    :param func: the operation, e.g. ``collection.find_one``.
+    :param float | None outage_tolerance_seconds: seconds to keep retrying an
+        unreachable server; None for :func:`current_tolerance`; 0 for
+        :data:`RETRY_ATTEMPTS` attempts without waiting out server selection timeouts.
+    :return: what ``func`` returns.
     """
-    for attempt in Retrying(**retry_policy()):
-        with attempt:
-            return func(*args, **kwargs)
+    tolerance = current_tolerance(outage_tolerance_seconds)
+    started = time.monotonic()
+    deadline = _deadline(tolerance)
+    try:
+        for attempt in Retrying(**retry_policy(tolerance)):
+            with attempt, _bounded(deadline):
+                return func(*args, **kwargs)
+    except PyMongoError as exc:
+        _mark_waited(exc, started, tolerance)
+        raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def with_retry_async[T](
+    func: Callable[[], Any], outage_tolerance_seconds: float | None = None
+) -> T:
+    """The asynchronous :func:`with_retry`: ``await func()`` under the same policy.
+
+    :param func: a coroutine function without arguments (an idempotent operation).
+    :param float | None outage_tolerance_seconds: as for :func:`with_retry`.
+    :return: what the coroutine returns.
+    """
+    tolerance = current_tolerance(outage_tolerance_seconds)
+    started = time.monotonic()
+    deadline = _deadline(tolerance)
+    try:
+        async for attempt in AsyncRetrying(**retry_policy(tolerance)):
+            with attempt, _bounded(deadline):
+                return cast(T, await func())
+    except PyMongoError as exc:
+        _mark_waited(exc, started, tolerance)
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def tolerance_of(owner: Any) -> float | None:
+    """The ``mongo_outage_tolerance_seconds`` of ``owner.conf``, or None if it has none."""
+    try:
+        conf = getattr(owner, "conf", None)
+    except Exception:  # noqa: BLE001 - a bad config is reported by the method itself
+        return None
+    value = getattr(conf, "mongo_outage_tolerance_seconds", None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+@contextmanager
+def outage_tolerance(seconds: float | None) -> Iterator[None]:
+    """Make ``seconds`` the tolerance of :func:`with_retry` calls in this block
+    (None: leave it as it is)."""
+    if seconds is None:
+        yield
+        return
+    token = _TOLERANCE.set(seconds)
+    try:
+        yield
+    finally:
+        _TOLERANCE.reset(token)
 
 
 def is_dns_failure(exc: BaseException) -> bool:
@@ -169,19 +352,28 @@ def translate(exc: BaseException, where: str) -> BaseException:
             f"MongoDB at {where} refused a document larger than its limit of "
             f"{MAX_DOCUMENT_BYTES} bytes (16 MiB): {type(exc).__name__}: {str(exc)[:300]}"
         )
-    if isinstance(exc, OperationFailure) and exc.code in AUTH_FAILED_CODES:
+    if isinstance(exc, OperationFailure) and is_auth_failure(exc):
         return MongoAuthenticationError(f"MongoDB at {where} refused the credentials: {exc}")
+    retried = getattr(exc, WAITED_ATTR, None)
+    after = (
+        f" (gave up after waiting {retried:.1f} s, the outage tolerance: "
+        "mongo_outage_tolerance_seconds)"
+        if isinstance(retried, float)
+        else ""
+    )
     if isinstance(exc, ServerSelectionTimeoutError):
         text = str(exc)
         cause = re.sub(r" \(configured timeouts: [^)]*\)", "", text.split(", Timeout:")[0])
         waited = re.search(r", Timeout: ([0-9.]+)s", text)
         if waited:
             cause += f" (server selection timeout {float(waited.group(1)):g} s)"
-        return MongoUnavailableError(f"MongoDB at {where} is not reachable: {cause}")
+        return MongoUnavailableError(f"MongoDB at {where} is not reachable: {cause}{after}")
     if is_dns_failure(exc):
         return MongoUnavailableError(f"MongoDB at {where} is not reachable: {exc}")
     if isinstance(exc, ConnectionFailure):
-        return MongoUnavailableError(f"MongoDB at {where} connection failed: {exc}")
+        return MongoUnavailableError(f"MongoDB at {where} connection failed: {exc}{after}")
+    if after and isinstance(exc, PyMongoError) and exc.timeout:
+        return MongoUnavailableError(f"MongoDB at {where} did not answer: {exc}{after}")
     return exc
 
 
@@ -189,8 +381,14 @@ def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
     """Decorator for backend methods: connection and auth failures get clear errors.
 
     The decorated method's first argument must have ``describe_target()``
-    (host and database, password redacted). Generator methods are wrapped so
-    that errors raised while iterating are translated too.
+    (host and database, password redacted); if it has a ``conf`` with
+    ``mongo_outage_tolerance_seconds``, :func:`with_retry` calls made by the method
+    use that tolerance (see :func:`outage_tolerance`) and the whole method runs under
+    ``pymongo.timeout(tolerance)``: also its operations outside any retry (lazy
+    index creation on a collection's first use) end by the tolerance instead of
+    hanging on a frozen server. Generator methods are wrapped
+    so that errors raised while iterating are translated too (their retries use the
+    default tolerance: a context variable cannot span a generator's suspensions).
     """
 
     def mapped_error(args: tuple[Any, ...], exc: BaseException) -> BaseException | None:
@@ -214,9 +412,14 @@ def translate_errors[**P, T](method: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        tolerance = tolerance_of(args[0]) if args else None
+        started = time.monotonic()
         try:
-            return method(*args, **kwargs)
+            with outage_tolerance(tolerance), _bounded(_deadline(tolerance or 0.0)):
+                return method(*args, **kwargs)
         except (PyMongoError, ConnectionError) as exc:
+            if tolerance and not hasattr(exc, WAITED_ATTR):
+                _mark_waited(exc, started, tolerance)
             mapped = mapped_error(args, exc)
             if mapped is None:
                 raise
@@ -241,120 +444,3 @@ class MongoIndexMissingError(MongoBackendError):
         super().__init__(message)
         self.collection = collection
         self.index = index
-
-
-# ---------------------------------------------------------------------------
-# "Maybe applied" is not "not applied" (issue 16, item 1)
-# ---------------------------------------------------------------------------
-class WriteOutcome(StrEnum):
-    """What a failed write did on the server, as far as its error tells."""
-
-    REJECTED = "rejected"
-    """Surely not applied: refused before anything was written."""
-    APPLIED = "applied"
-    """Applied on the primary, but the write concern was not satisfied (a
-    ``writeConcernError``, e.g. code 64 WriteConcernFailed on ``wtimeout``, or 100
-    UnsatisfiableWriteConcern): it may still replicate, or be rolled back."""
-    UNKNOWN = "unknown"
-    """May or may not be applied, and may still be running on the server (lost
-    connection, timeout, primary stepping down)."""
-
-
-#: Error codes that mean "not written": duplicate key (11000, 11001, 12582),
-#: DocumentValidationFailure (121), Unauthorized (13), document too large
-#: (:data:`DOCUMENT_TOO_LARGE_CODES`), and refusals of bad input before writing:
-#: BadValue (2), FailedToParse (9), TypeMismatch (14), ConflictingUpdateOperators
-#: (40), DollarPrefixedFieldName (52), InvalidDBRef (55), EmptyFieldName (56),
-#: DottedFieldName (57), ImmutableField (66). MongoDB manual, "Error Codes".
-REJECTED_WRITE_CODES: frozenset[int] = (
-    frozenset({11000, 11001, 12582, 121, 13, 2, 9, 14, 40, 52, 55, 56, 57, 66})
-    | DOCUMENT_TOO_LARGE_CODES
-)
-#: Error labels that mean the write may have happened.
-_MAYBE_LABELS = ("RetryableWriteError", "TransientTransactionError")
-
-
-def _write_concern_errors(exc: BaseException) -> list[Any]:
-    details = getattr(exc, "details", None)
-    if isinstance(exc, WriteConcernError):
-        return [details or {}]
-    if isinstance(details, dict):
-        found = details.get("writeConcernErrors") or []
-        single = details.get("writeConcernError")
-        return [*found, single] if single else list(found)
-    return []
-
-
-def rejected_positions(exc: BulkWriteError) -> set[int]:
-    """Positions, in the documents given to an unordered bulk write, of the documents
-    its error says were surely not written (``writeErrors`` with a code of
-    :data:`REJECTED_WRITE_CODES`).
-
-    Every other document of an **unordered** bulk write was attempted and may be
-    stored (PyMongo raises ``BulkWriteError`` only after the whole batch ran), even
-    when ``writeErrors`` is empty and only ``writeConcernErrors`` came back.
-    A duplicate-key position means "not written by this call": a document with the
-    same key exists, which may be this call's own from an earlier attempt.
-
-    :param BulkWriteError exc: the error of ``insert_many(..., ordered=False)``.
-    :return: the positions (``writeErrors[i]["index"]``).
-    """
-    details = exc.details or {}
-    return {
-        int(err["index"])
-        for err in details.get("writeErrors") or []
-        if err.get("code") in REJECTED_WRITE_CODES and "index" in err
-    }
-
-
-def write_outcome(exc: BaseException, documents: int | None = None) -> WriteOutcome:
-    """Classify the error of a write: surely not applied, applied, or unknown.
-
-    Only definite rejections are ``REJECTED``: PyMongo's client-side
-    ``DocumentTooLarge`` (never sent), a server refusal with a code of
-    :data:`REJECTED_WRITE_CODES` and no write concern error, and a bulk error whose
-    ``writeErrors`` cover all ``documents`` with such codes. A write concern error
-    (``WriteConcernError``/``WTimeoutError``, or ``writeConcernErrors`` in a bulk
-    error) is ``APPLIED``: MongoDB reports it after applying the write on the
-    primary. Everything else (connection lost, timeouts, step-downs, errors with a
-    ``RetryableWriteError`` label, non-PyMongo errors) is ``UNKNOWN``.
-
-    :param BaseException exc: the error raised by the write.
-    :param int | None documents: for a bulk write, how many documents it was given
-        (needed to call a bulk error ``REJECTED``).
-    :return: the outcome.
-    """
-    if isinstance(exc, DocumentTooLarge):
-        return WriteOutcome.REJECTED
-    if not isinstance(exc, OperationFailure):
-        return WriteOutcome.UNKNOWN
-    if _write_concern_errors(exc):
-        return WriteOutcome.APPLIED
-    if any(exc.has_error_label(label) for label in _MAYBE_LABELS) or exc.timeout:
-        return WriteOutcome.UNKNOWN
-    if isinstance(exc, BulkWriteError):
-        rejected = rejected_positions(exc)
-        if documents is not None and len(rejected) >= documents:
-            return WriteOutcome.REJECTED
-        return WriteOutcome.UNKNOWN
-    if exc.code in REJECTED_WRITE_CODES or is_document_too_large(exc):
-        return WriteOutcome.REJECTED
-    return WriteOutcome.UNKNOWN
-
-
-def is_surely_not_applied(exc: BaseException, documents: int | None = None) -> bool:
-    """True only when ``exc`` says the write was surely not applied (see
-    :func:`write_outcome`): its new value pieces may then be deleted. Any other
-    error is "maybe applied": a stored pointer may reference them."""
-    return write_outcome(exc, documents) is WriteOutcome.REJECTED
-
-
-def is_refused_write(exc: BaseException) -> bool:
-    """True for a write the server refuses for authorization (13) or validation
-    (121) reasons: retrying it cannot succeed, so a best-effort write (the app info)
-    is logged and dropped instead of being retried before every operation."""
-    return (
-        isinstance(exc, OperationFailure)
-        and exc.code in (13, 121)
-        and not (_write_concern_errors(exc))
-    )

@@ -10,7 +10,7 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from pynenc_mongo import errors
+from pynenc_mongo import errors, write_outcomes
 from pynenc_mongo.errors import is_transient, with_retry
 
 DUPLICATE_KEY = 11000
@@ -101,8 +101,12 @@ def surely_unwritten(exc: BaseException, count: int) -> list[int]:
             for err in details.get("writeErrors") or []
             if err.get("code") == DUPLICATE_KEY
         }
-        return sorted(errors.rejected_positions(exc) - duplicates)
-    if count == 1 and not isinstance(exc, DuplicateKeyError) and errors.is_surely_not_applied(exc):
+        return sorted(write_outcomes.rejected_positions(exc) - duplicates)
+    if (
+        count == 1
+        and not isinstance(exc, DuplicateKeyError)
+        and write_outcomes.is_surely_not_applied(exc)
+    ):
         return [0]
     return []
 
@@ -126,13 +130,23 @@ def find_all(
     :return: the documents.
     """
 
-    def read() -> list[dict[str, Any]]:
-        cursor = collection.find(filter_, projection)
-        if sort:
-            cursor = cursor.sort(list(sort))
-        return list(cursor)
+    return with_retry(read_all, collection, filter_, projection, sort)
 
-    return with_retry(read)
+
+def read_all(
+    collection: Any,
+    filter_: dict[str, Any],
+    projection: dict[str, Any] | None = None,
+    sort: Sequence[tuple[str, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """One attempt of :func:`find_all`: a new cursor, read to the end.
+
+    :return: the documents matching ``filter_`` (sorted by ``sort`` when given).
+    """
+    cursor = collection.find(filter_, projection)
+    if sort:
+        cursor = cursor.sort(list(sort))
+    return list(cursor)
 
 
 def upsert_retrying_duplicate[T](func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

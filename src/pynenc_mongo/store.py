@@ -41,10 +41,8 @@ from pynenc_mongo.errors import (
     MAX_DOCUMENT_BYTES,
     MongoIndexMissingError,
     MongoLimitError,
-    WriteOutcome,
     is_document_too_large,
     with_retry,
-    write_outcome,
 )
 from pynenc_mongo.indexes import (
     SETUP_SCRIPT,
@@ -53,8 +51,9 @@ from pynenc_mongo.indexes import (
     unique_index_state,
     warn_once,
 )
-from pynenc_mongo.operations import insert_if_absent
+from pynenc_mongo.operations import insert_if_absent, read_all
 from pynenc_mongo.schema import F_APP
+from pynenc_mongo.write_outcomes import WriteOutcome, write_outcome
 
 logger = logging.getLogger("pynenc_mongo")
 
@@ -252,15 +251,27 @@ class MongoStore:
                     SETUP_SCRIPT,
                 )
 
-    @staticmethod
-    def retry[T](func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def retry[T](self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an **idempotent** operation under the retry policy
-        (:func:`pynenc_mongo.errors.with_retry`): transient errors retried with backoff.
+        (:func:`pynenc_mongo.errors.with_retry`) with this store's
+        ``mongo_outage_tolerance_seconds``: transient errors and an unreachable server
+        are retried with backoff for up to that many seconds, each attempt bounded by
+        ``pymongo.timeout(<time left>)``; past it the last error is raised, marked with
+        how long it waited (``translate_errors`` makes it a
+        :class:`~pynenc_mongo.errors.MongoUnavailableError` naming the host).
 
         Never pass a non-idempotent operation (``$inc``, ``find_one_and_delete``): the
         driver's own retryable writes already retry those once, safely.
+
+        :param func: the operation; ``args``/``kwargs`` are passed to it.
+        :return: what ``func`` returns.
         """
-        return with_retry(func, *args, **kwargs)
+        return with_retry(
+            func,
+            *args,
+            outage_tolerance_seconds=self.conf.mongo_outage_tolerance_seconds,
+            **kwargs,
+        )
 
     def find_all(
         self,
@@ -282,13 +293,7 @@ class MongoStore:
         :return: the documents.
         """
 
-        def read() -> list[dict[str, Any]]:
-            cursor = collection.find(filter_, projection)
-            if sort:
-                cursor = cursor.sort(list(sort))
-            return list(cursor)
-
-        return self.retry(read)
+        return self.retry(read_all, collection, filter_, projection, sort)
 
     def upsert[T](self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an idempotent upsert under :meth:`retry`, a duplicate-key race retried too.

@@ -26,6 +26,8 @@ from pynenc_tests.conftest import MockPynenc
 import pynenc_mongo  # noqa: F401  (defines the Mongo components)
 
 holder = MockPynenc()
+#: ``sqlite_path`` value selecting ``MongoOrchestrator`` instead of SQLite's.
+MONGO_ORCHESTRATOR = "mongo"
 
 
 @holder.task
@@ -39,9 +41,11 @@ def record(ledger: str, payload: str) -> str:
 
 def make_app(url: str, database: str, app_id: str, sqlite_path: str = "", **config: Any) -> Pynenc:
     """An app on ``url``: Mongo broker, client data store and state backend; SQLite
-    orchestrator on ``sqlite_path`` when given (else memory), ThreadRunner."""
+    orchestrator on ``sqlite_path`` when given (``MongoOrchestrator`` when it is
+    :data:`MONGO_ORCHESTRATOR`; else memory), ThreadRunner."""
     builder = PynencBuilder().app_id(app_id)
-    if sqlite_path:
+    mongo_orchestrator = sqlite_path == MONGO_ORCHESTRATOR
+    if sqlite_path and not mongo_orchestrator:
         builder = builder.sqlite(sqlite_db_path=sqlite_path)
     else:
         builder = builder.memory()
@@ -54,6 +58,9 @@ def make_app(url: str, database: str, app_id: str, sqlite_path: str = "", **conf
             "trigger_cls": "MemTrigger",
         }
     )
+    if mongo_orchestrator:  # the whole app on MongoDB (the builder refuses half stacks)
+        builder = PynencBuilder().app_id(app_id).mongo(url=url, database=database)
+        builder._config["runner_cls"] = "ThreadRunner"
     if config:
         builder.custom_config(**config)
     app = builder.build()

@@ -1,11 +1,11 @@
 """MongoBroker and MongoClientDataStore shared by real OS processes (spawned) over
 a server: the local wire test server, or ``PYNENC_MONGO_TEST_URL``.
 
-The runner-death tests need an orchestrator that works across processes; the
-MongoDB orchestrator is built in parallel (issue 12), so they use pynenc's SQLite
-orchestrator on a shared file, with broker, client data store and state backend on
-MongoDB. The recovery step is what pynenc's ``recover_pending_invocations`` core
-task does, run here directly instead of waiting for its cron (minutes).
+The runner-death tests run the whole queue path on MongoDB: ``MongoOrchestrator``
+(whose pending recovery also routes again invocations whose message was lost),
+``MongoBroker``, client data store and state backend. The recovery step is what
+pynenc's ``recover_pending_invocations`` core task does, run here directly instead
+of waiting for its cron (minutes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import broker_workers
-import pytest
 from pynenc.invocation.status import InvocationStatus
 from pynenc.runner.runner_context import RunnerContext
 from run_settings import RUN_DATABASE
@@ -100,6 +99,12 @@ def test_processes_claim_each_invocation_exactly_once(server_url: str, tmp_path:
 
 
 def _pending_recovery(app: Any) -> set[str]:
+    """The ids pynenc's recovery moves to PENDING_RECOVERY (the Mongo orchestrator
+    routes unqueued ones again inside ``get_pending_invocations_for_recovery``)."""
+    return _run_recovery(app)
+
+
+def _run_recovery(app: Any) -> set[str]:
     """What pynenc's ``recover_pending_invocations`` core task does, run once now."""
     ctx = RunnerContext.from_runner(app.runner)
     ids = set(app.orchestrator.get_pending_invocations_for_recovery())
@@ -113,7 +118,7 @@ def _pending_recovery(app: Any) -> set[str]:
 
 def _killed_runner_case(server_url: str, tmp_path: Path, when: str) -> None:
     app_id = f"kill-{uuid.uuid4().hex[:8]}"
-    sqlite_path = str(tmp_path / "orchestrator.sqlite")
+    sqlite_path = broker_workers.MONGO_ORCHESTRATOR
     ledger = tmp_path / "ledger.txt"
     ledger.touch()
     config = {"max_pending_seconds": 1.0}
@@ -128,8 +133,19 @@ def _killed_runner_case(server_url: str, tmp_path: Path, when: str) -> None:
     assert app.broker.count_invocations() == 0  # the message was taken
     time.sleep(1.5)  # past max_pending_seconds
     recovered = _pending_recovery(app)
-    assert recovered == {str(invocation.invocation_id)}
-    runner = _start(broker_workers.run_runner, server_url, RUN_DATABASE, app_id, sqlite_path)
+    if when == "after_pending":  # pynenc's own recovery of a PENDING invocation
+        assert recovered == {str(invocation.invocation_id)}
+    else:  # still REGISTERED: routed again by the orchestrator, status unchanged
+        assert recovered == set()
+        status = app.orchestrator.get_invocation_status(invocation.invocation_id)
+        assert status == InvocationStatus.REGISTERED
+    assert app.broker.count_invocations() == 1  # routed again, once
+    assert _pending_recovery(app) == set()  # the message is there: no second route
+    assert app.broker.count_invocations() == 1
+    runners = [
+        _start(broker_workers.run_runner, server_url, RUN_DATABASE, app_id, sqlite_path)
+        for _ in range(2)
+    ]
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -139,8 +155,9 @@ def _killed_runner_case(server_url: str, tmp_path: Path, when: str) -> None:
             time.sleep(0.2)
         time.sleep(1.0)  # a second run, if any, would land in the ledger now
     finally:
-        runner.kill()
-        runner.join(10)
+        for runner in runners:
+            runner.kill()
+            runner.join(10)
     lines = ledger.read_text().splitlines()
     assert status == InvocationStatus.SUCCESS
     assert len(lines) == 1, lines
@@ -156,19 +173,12 @@ def test_runner_killed_after_pending_runs_exactly_once(server_url: str, tmp_path
     _killed_runner_case(server_url, tmp_path, "after_pending")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pynenc 0.4 pops the message before the PENDING transition and recovers only "
-        "PENDING/RUNNING invocations: one killed in between stays REGISTERED with no "
-        "message, so nothing re-routes it (an orchestrator sweep is needed)"
-    ),
-)
 def test_runner_killed_right_after_retrieve_runs_exactly_once(
     server_url: str, tmp_path: Path
 ) -> None:
     """A runner killed right after ``retrieve_invocation`` returns, before any status
-    change. Strict xfail: documents the gap until an orchestrator closes it."""
+    change: the invocation stays REGISTERED with no message; the orchestrator's
+    pending recovery routes it again once, and two racing runners run it once."""
     _killed_runner_case(server_url, tmp_path, "after_retrieve")
 
 

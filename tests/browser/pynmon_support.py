@@ -261,49 +261,30 @@ class QueryAudit:
 
 
 def index_serving(logical: str, filter_: dict[str, Any], sort: list[tuple[str, int]] | None) -> Any:
-    """The :class:`~pynenc_mongo.schema.IndexSpec` that serves the query, or None.
-
-    A query is served when its equality fields (plain values, ``$eq``, ``$in``) are the
-    leading keys of an index (in any order), its other conditions (ranges, ``$regex``)
-    are on the keys right after them, and its sort keys follow the equality keys in
-    index order, all in the index's direction or all reversed. A filter on ``_id``
-    alone is served by MongoDB's ``_id`` index; an empty filter by none (it reads the
-    whole collection, every app's documents).
-    """
-    from pynenc_mongo import schema
+    """The index that serves the query, or None: the session query audit's rule
+    (``tests/query_recorder.serving_index``: equality fields, then sort fields, then one
+    range field, ESR; ``_id`` equality by MongoDB's ``_id`` index; an empty filter by
+    none, since it reads every app's documents)."""
+    import query_recorder
 
     if not filter_:
         return None
-    if set(filter_) == {"_id"} and not sort:
-        return "_id_"
     equality = set()
-    other = set()
+    ranges = set()
     for key, cond in filter_.items():
         ops = set(cond) if isinstance(cond, dict) and all(k.startswith("$") for k in cond) else None
         if ops is None or ops <= {"$eq", "$in"}:
             equality.add(key)
         else:
-            other.add(key)
-    for spec in schema.INDEXES:
-        if spec.collection != logical or spec.retention_only:
-            continue
-        keys = [k for k, _ in spec.keys]
-        directions = dict(spec.keys)
-        if set(keys[: len(equality)]) != equality:
-            continue
-        rest = keys[len(equality) :]
-        if other and set(rest[: len(other)]) != other:
-            continue
-        if sort:
-            fields = [k for k, _ in sort]
-            if rest[: len(fields)] != fields:
-                continue
-            same = all(directions[k] == d for k, d in sort)
-            reversed_ = all(directions[k] == -d for k, d in sort)
-            if not (same or reversed_):
-                continue
-        return spec
-    return None
+            ranges.add(key)
+    shape = query_recorder.QueryShape(
+        collection=logical,
+        operation="find",
+        equality=frozenset(equality),
+        ranges=frozenset(ranges),
+        sort=tuple(sort or ()),
+    )
+    return query_recorder.serving_index(shape)
 
 
 def unserved_queries(records: list[QueryRecord]) -> list[str]:

@@ -18,17 +18,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
+import psutil
 import pytest
 from pynenc import Pynenc, PynencBuilder
 from pynenc.serializer.base_serializer import BaseSerializer
 from pynenc.util.subclasses import get_all_subclasses
 from pynenc_tests import util
 from pynenc_tests.util.subclasses import get_runner_subclasses
-from run_settings import REAL_URL, RUN_DATABASE
+from run_settings import MODE, REAL_URL, RUN_DATABASE
 
 from pynenc_mongo.builder import FULL_STACK
+
+#: pynenc 0.4.x (the combinations suite and workflow suites of this folder are its).
+PYNENC_04 = tuple(int(p) for p in version("pynenc").split(".")[:2]) >= (0, 4)
 
 #: Runners that work with one process's embedded store.
 IN_PROCESS_RUNNERS = ("ThreadRunner", "DummyRunner")
@@ -123,9 +128,81 @@ def app_combination_instance(
     env.update({f"PYNENC__{key.upper()}": cls for key, cls in FULL_STACK.items()})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     app = Pynenc()
     yield app
     try:
         app.purge()
     except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
         pass
+    _stop_new_children(before)
+
+
+def _stop_new_children(before: set[int]) -> None:
+    """End runner processes a test left behind (a PersistentProcessRunner's workers
+    outlive a stopped parent loop): they would keep polling the server for the rest of
+    the run."""
+    leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for proc in leftovers:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(leftovers, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+#: Tests of pynenc's suite that compare wall times between invocations, and the runners
+#: for which the wire emulator (one Python event loop for every client, 2-3 ms per
+#: operation) makes those times meaningless: they run on a real server only.
+TIMED_TESTS = {
+    "test_task_running_concurrency": ("ProcessRunner",),
+    "test_task_execution": ("ProcessRunner",),  # asserts one invocation under 1.5 s
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run this folder's tests last; skip :data:`TIMED_TESTS` on the wire emulator (they
+    run with PYNENC_MONGO_TEST_URL); on pynenc 0.2.3 skip the folder, saying why.
+
+    Order of the whole session: the top-level ``tests/test_*.py`` modules first, then
+    the component folders, then this folder. pynenc's runners leave threads behind after
+    a test (its ``app`` fixture stops only the runner loop), and the top-level modules
+    count the MongoDB operations of the whole process in a window.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith("tests/fullstack/"):
+            return 2
+        return 0 if path.count("/") == 1 else 1
+
+    items.sort(key=rank)  # stable: each group keeps its order
+    if not PYNENC_04:
+        for item in items:
+            if "tests/fullstack/" in item.nodeid:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason="full-stack end-to-end suites are wired for pynenc 0.4.x; on "
+                        "0.2.3 each component's own conformance suite runs (tests/<component>/)"
+                    )
+                )
+        return
+    if MODE == "real":
+        return
+    for item in items:
+        runners = TIMED_TESTS.get(getattr(item, "originalname", ""), ())
+        param = getattr(getattr(item, "callspec", None), "params", {}).get(
+            "app_combination_instance"
+        )
+        if isinstance(param, Combination) and param.runner in runners:
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="compares invocation wall times; on the wire emulator a "
+                    f"{param.runner} spends them waiting on the emulator (needs a real server)"
+                )
+            )

@@ -6,9 +6,10 @@ processes and a client sharing that MongoDB and nothing else, then prints from M
 what happened and which worker ran what.
 
 Without a server (``mongomock://`` or no URL) it runs the single-process workload
-(:mod:`pynenc_mongo.demo.workload`) on the embedded store with a ThreadRunner and prints
-each invocation's final status, result or exception and history (with microsecond
-timestamps), then a summary line: invocations, wall time, MongoDB operations.
+(:mod:`pynenc_mongo.demo.workload`: all five components on the embedded store, a
+ThreadRunner, an event trigger) and prints each invocation's final status, result or
+exception and history (with microsecond timestamps), the event and what it triggered,
+then a summary line: invocations, wall time, MongoDB operations.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> int:
 
     threading.excepthook = quiet_expected
     warnings.filterwarnings("ignore", message="Running in a secondary thread")
+    # the demo's one runner owns the whole (short) atomic-service interval
+    warnings.filterwarnings("ignore", message="atomic service: two-runner slot")
     url = os.environ.get("PYNENC__MONGO_URL", "")
     try:
         if url and not url.startswith("mongomock://"):
@@ -98,19 +101,28 @@ def _run() -> int:
     total = 0
     for invocation in invocations:
         total += _show(backend, invocation.invocation_id, 0)
-    wf_root = invocations[-2]
+    wf_root = next(i for i in invocations if i.call.task.task_id.func_name == "order_workflow")
     if wf_root.workflow is not None:
         data = {
             k: backend.get_workflow_data(wf_root.workflow, k)
             for k in ("status", "order.id", "total")
         }
         _line(f"\nworkflow {wf_root.workflow.workflow_id} data: {data}")
+    events = app.trigger.get_events if workload.EVENT_TRIGGER_DEMO else lambda **_: []
+    for event in events(event_code=workload.ORDER_PAID, limit=10):
+        _line(
+            f"event {event.event_code} {event.event_id} payload {event.payload} "
+            f"triggered {event.triggered_invocation_ids}"
+        )
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(ops.counts.items()))
     _line(
         f"\nsummary: {total} invocations, wall time {wall:.3f} s, "
         f"{ops.total} MongoDB operations ({kinds})"
     )
-    expected = ["success"] * 3 + ["failed"] + ["success"] * 4
+    # add, add, flaky, divide, slow_square, fan_out, order_workflow, summarize and, on
+    # pynenc 0.4.x, on_order_paid
+    successes = 5 if workload.EVENT_TRIGGER_DEMO else 4
+    expected = ["success"] * 3 + ["failed"] + ["success"] * successes
     final = [inv.status.value for inv in invocations]
     backend.close()
     if final != expected:

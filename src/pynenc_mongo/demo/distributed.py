@@ -103,7 +103,7 @@ def _ran_on(app: Any, invocation_id: str, worker_by_pid: dict[int, str]) -> str:
 
 def _outcome(app: Any, invocation_id: str) -> str:
     try:
-        return f"result {app.state_backend.get_result(invocation_id)!r}"[:100]
+        return f"result {app.state_backend.get_result(invocation_id)!r}"[:160]
     except KeyError:
         try:
             exc = app.state_backend.get_exception(invocation_id)

@@ -1,11 +1,13 @@
-"""Demo app and tasks: success, retry, failure, async, children and a workflow.
+"""Demo app and tasks: success, retry, failure, async, children, a workflow and an
+event trigger.
 
-The app uses pynenc's memory components for orchestration and messaging and
-``MongoStateBackend`` for state, run by pynenc's ``ThreadRunner``. The URL is
-``mongomock://demo`` (the embedded store) unless ``PYNENC__MONGO_URL`` is set
-(env vars override builder values, pynenc's precedence).
+The app is the whole pynenc app on MongoDB (``PynencBuilder().mongo()``: state
+backend, orchestrator, broker, trigger and client data store), run by pynenc's
+``ThreadRunner``. The URL is ``mongomock://demo`` (the embedded store) unless
+``PYNENC__MONGO_URL`` is set (env vars override builder values, pynenc's precedence).
 
-Also used by the monitor (pynmon) tests as their data set.
+Also used by the monitor (pynmon) tests as their data set: invocations, workflow runs,
+runners, atomic-service runs, a trigger, its trigger runs and the event behind them.
 """
 
 from __future__ import annotations
@@ -13,31 +15,55 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from importlib.metadata import version as _pynenc_version
 from typing import Any
 
 from pynenc import Pynenc, PynencBuilder
+from pynenc.trigger.trigger_builder import TriggerBuilder
 
 DEMO_APP_ID = "pynenc_mongo_demo"
 DEMO_URL = "mongomock://demo"
+#: The event :func:`run_workload` emits; :func:`on_order_paid` is triggered by it.
+ORDER_PAID = "order.paid"
+#: The payload of that event.
+ORDER_PAID_PAYLOAD = {"order_id": "order-17"}
 
 
 def build_app(app_id: str = DEMO_APP_ID, url: str = DEMO_URL, **mongo_options: Any) -> Pynenc:
-    """Build the demo app (memory components + MongoStateBackend + ThreadRunner)."""
+    """Build the demo app: ``.mongo(url)`` (all five components on MongoDB) and a
+    ThreadRunner.
+
+    The atomic-service timings are short enough for a demo: pynenc runs the trigger
+    loop (which turns the emitted event into an invocation of :func:`on_order_paid`)
+    inside its atomic service, by default once every few minutes. With one runner and
+    ``atomic_service_max_start_slot_fraction=1.0`` the runner owns the whole 3-second
+    interval (0.05 minutes) and checks it every 0.3 seconds.
+
+    :param app_id: the pynenc app id (every document carries it).
+    :param url: the MongoDB URL (``mongomock://`` is the embedded store).
+    :param mongo_options: further :class:`~pynenc_mongo.config.ConfigMongo` settings.
+    :return: the built app (not started).
+    """
     built: Pynenc = (
         PynencBuilder()
         .app_id(app_id)
-        .memory()
-        .mongo_state_backend(url=url, **mongo_options)
+        .mongo(url=url, **mongo_options)
         .thread_runner()
         .logging_level("critical")
+        .custom_config(
+            atomic_service_interval_minutes=0.05,
+            atomic_service_check_interval_minutes=0.005,
+            atomic_service_max_start_slot_fraction=1.0,
+            atomic_service_spread_margin_minutes=0.0,
+            runner_loop_sleep_time_sec=0.02,
+            invocation_wait_results_sleep_time_sec=0.02,
+        )
         .build()
     )
     return built
 
 
 app = build_app()
-_attempts: dict[str, int] = {}
-_attempts_lock = threading.Lock()
 
 
 class TransientError(RuntimeError):
@@ -52,13 +78,12 @@ def add(x: int, y: int) -> int:
 
 @app.task(retry_for=(TransientError,), max_retries=2)
 def flaky(key: str) -> str:
-    """Fails on the first attempt for ``key``, then succeeds (one RETRY in its history)."""
-    with _attempts_lock:
-        _attempts[key] = _attempts.get(key, 0) + 1
-        attempt = _attempts[key]
-    if attempt == 1:
+    """Fails on the first attempt of each invocation, then succeeds (one RETRY in its
+    history). The retry count lives in the orchestrator's MongoDB document."""
+    attempt = flaky.invocation.num_retries
+    if attempt == 0:
         raise TransientError(f"first attempt for {key} fails")
-    return f"{key} ok after {attempt} attempts"
+    return f"{key} ok after {attempt + 1} attempts"
 
 
 class ExpectedFailure(ZeroDivisionError):
@@ -121,6 +146,17 @@ def order_workflow(order_id: str, items: int) -> dict[str, Any]:
     }
 
 
+def order_from_event(context: Any) -> dict[str, Any]:
+    """Arguments of :func:`on_order_paid` from the event's payload."""
+    return {"order_id": context.payload["order_id"]}
+
+
+@app.task(triggers=TriggerBuilder().on_event(ORDER_PAID).with_args_from_event(order_from_event))
+def on_order_paid(order_id: str) -> str:
+    """Triggered by the ``order.paid`` event (pynenc's trigger loop, on MongoTrigger)."""
+    return f"receipt for {order_id}"
+
+
 def _wait_final(invocations: list[Any], deadline: float) -> None:
     for invocation in invocations:
         while not invocation.status.is_final():
@@ -129,10 +165,43 @@ def _wait_final(invocations: list[Any], deadline: float) -> None:
             time.sleep(0.02)
 
 
-def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -> list[Any]:
-    """Start a ThreadRunner, submit the workload, wait for every invocation, stop.
+def _wait_triggered(the_app: Pynenc, event_id: str, deadline: float) -> list[Any]:
+    """The invocations the event ``event_id`` triggered, once there is one."""
+    while not (ids := the_app.trigger.get_invocations_triggered_by_event(event_id)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"event {ORDER_PAID} ({event_id}) triggered no invocation: is the "
+                "trigger of on_order_paid registered (a runner registers it when it "
+                "starts) and does a runner run the atomic service?"
+            )
+        time.sleep(0.05)
+    backend: Any = the_app.state_backend
+    return [backend.get_invocation(i) for i in sorted(ids)]
 
-    :return: the top-level invocations, in submission order.
+
+#: The event trigger is part of the workload on pynenc 0.4.x (its atomic-service gate and
+#: trigger monitoring API); pynenc 0.2.3 schedules atomic services by time slot only, too
+#: slowly for this workload, so there the workload runs without it.
+EVENT_TRIGGER_DEMO = tuple(int(p) for p in _pynenc_version("pynenc").split(".")[:2]) >= (0, 4)
+
+
+def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -> list[Any]:
+    """Start a ThreadRunner, submit the workload, emit the ``order.paid`` event, wait
+    for every invocation, stop the runner.
+
+    The event is emitted once the first invocations are final, so the runner has
+    started and registered :func:`on_order_paid`'s trigger (pynenc registers the
+    triggers of decorated tasks when a runner starts; they stay in MongoTrigger until
+    the app is purged).
+
+    :param the_app: the app whose tasks these are (default: this module's ``app``).
+    :param timeout_seconds: bound on the whole run.
+    :return: the invocations, each final: the seven top-level invocations in
+        submission order (``add``, ``add``, ``flaky``, ``divide``, ``slow_square``,
+        ``fan_out``, ``order_workflow``), then ``summarize``, then the
+        ``on_order_paid`` invocation the event triggered.
+    :raises TimeoutError: when an invocation is not final, or the event triggered
+        nothing, within ``timeout_seconds``.
     """
     the_app = the_app or app
     runner_thread = threading.Thread(target=the_app.runner.run, daemon=True)
@@ -150,8 +219,12 @@ def run_workload(the_app: Pynenc | None = None, timeout_seconds: float = 60.0) -
         deadline = time.monotonic() + timeout_seconds
         _wait_final(invocations, deadline)
         summary = summarize(invocations[0].invocation_id)
-        _wait_final([summary], deadline)
-        return [*invocations, summary]
+        triggered: list[Any] = []
+        if EVENT_TRIGGER_DEMO:
+            event_id = the_app.trigger.emit_event(ORDER_PAID, dict(ORDER_PAID_PAYLOAD))
+            triggered = _wait_triggered(the_app, event_id, deadline)
+        _wait_final([summary, *triggered], deadline)
+        return [*invocations, summary, *triggered]
     finally:
         the_app.runner.stop_runner_loop()
         runner_thread.join(timeout=5)

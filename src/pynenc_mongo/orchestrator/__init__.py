@@ -46,6 +46,7 @@ from pynenc_mongo.errors import translate_errors
 from pynenc_mongo.operations import insert_if_absent
 from pynenc_mongo.orchestrator.blocking import MongoBlockingControl
 from pynenc_mongo.orchestrator.config import ConfigOrchestratorMongo
+from pynenc_mongo.orchestrator.recovery import reroute_unqueued, route_of
 from pynenc_mongo.orchestrator.registration import (
     ARG_HASH_CHARS,
     IdSet,
@@ -195,6 +196,7 @@ class MongoOrchestrator(AtomicServiceMethods, BaseOrchestrator):
                 s.F_REG: now_value,
                 s.F_RETRIES: 0,
             }
+            doc.update(route_of(invocation))
             if gate is not None:
                 doc[s.F_GATE] = gate
             if uses_concurrency_control(invocation):
@@ -466,8 +468,18 @@ class MongoOrchestrator(AtomicServiceMethods, BaseOrchestrator):
 
     @translate_errors
     def get_pending_invocations_for_recovery(self) -> Iterator[InvocationId]:
-        """PENDING invocations older than ``max_pending_seconds`` (ids read first)."""
-        return iter(self._runners.pending_for_recovery(float(self.app.conf.max_pending_seconds)))
+        """PENDING invocations older than ``max_pending_seconds`` (ids read first).
+
+        First routes again the invocations whose queue message was lost before
+        their PENDING change (a status available for run, older than
+        ``max_pending_seconds``, no message in ``MongoBroker``'s queue): see
+        :mod:`.recovery`. Those keep their status and are not yielded (pynenc's
+        core task would move each yielded id to PENDING_RECOVERY).
+        """
+        max_pending = float(self.app.conf.max_pending_seconds)
+        pending = self._runners.pending_for_recovery(max_pending)
+        reroute_unqueued(self.app, self.store, max_pending, now_us())
+        return iter(pending)
 
     @translate_errors
     def _get_running_invocations_for_recovery(

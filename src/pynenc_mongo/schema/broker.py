@@ -16,6 +16,11 @@ ascending; the one index below serves that filter and sort in ESR order
 manual, "The ESR (Equality, Sort, Range) Guideline"), so a claim examines one
 index key whatever the queue length, and counting per queue is a covered range of
 the same index. Messages have no TTL: a queued invocation is never dropped.
+
+A second index, ``{app_id, invocation_id}`` (``app_invocation``), serves the
+orchestrator's recovery check "which of these invocations still have a message"
+(:meth:`pynenc_mongo.broker.MongoBroker.queued_invocation_ids`, an ``$in`` query
+covered by the index).
 """
 
 from __future__ import annotations
@@ -44,4 +49,6 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         ((F_APP, 1), (F_QUEUE, 1), *RETRIEVAL_SORT),
         "app_queue_priority_seq",
     ),
+    # recovery: which of a batch of invocation ids still have a queued message.
+    IndexSpec(BROKER_QUEUE, ((F_APP, 1), (F_INVOCATION, 1)), "app_invocation"),
 )

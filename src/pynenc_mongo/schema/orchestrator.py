@@ -19,6 +19,9 @@ exact, comparable, and cheap to index.
      ts: Int64 µs,          # the status record's timestamp
      reg: Int64 µs,         # registration time (pagination order, newest first)
      retries: int,
+     q: str?, p: double?,   # queue and priority the invocation was routed with at
+                            # registration (pynenc 0.4; absent on 0.2.x): the
+                            # recovery of an unqueued invocation routes it again there
      args_h: [hex],         # sha256(key NUL value)[:32] per serialized argument,
                             # only for concurrency-controlled tasks (bounded size)
      purge_at: Int64 µs?,   # set when final (auto purge)
@@ -76,6 +79,8 @@ F_RETRIES: Final = "retries"
 F_ARGS: Final = "args_h"
 F_PURGE: Final = "purge_at"
 F_WAITED: Final = "waited"
+F_ROUTE_QUEUE: Final = "q"
+F_ROUTE_PRIORITY: Final = "p"
 #: ``gate`` value of a status that requires ownership while the owner is null.
 NULL_OWNER_GATE: Final = ""
 
@@ -162,7 +167,8 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
     ),
     # pages and counts with no filter; purge of the app.
     IndexSpec(INVOCATIONS, ((F_APP, 1), (F_REG, -1), (F_INV, -1)), "orch_inv_reg"),
-    # recovery: PENDING older than max_pending_seconds; RUNNING (with owners).
+    # recovery: PENDING older than max_pending_seconds; RUNNING (with owners); the
+    # statuses available for run older than max_pending_seconds ($in on st, range on ts).
     IndexSpec(INVOCATIONS, ((F_APP, 1), (F_STATUS, 1), (F_TS, 1)), "orch_inv_status_ts"),
     # get_call_invocation_ids.
     IndexSpec(INVOCATIONS, ((F_APP, 1), (F_CALL, 1)), "orch_inv_call"),

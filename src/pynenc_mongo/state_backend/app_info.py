@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 
 from pynenc_mongo import schema
-from pynenc_mongo.errors import is_refused_write, translate_errors
+from pynenc_mongo.errors import translate_errors
 from pynenc_mongo.redaction import redact_config
 from pynenc_mongo.schema import F_APP
 from pynenc_mongo.state_backend.common import StorePart
 from pynenc_mongo.store import MongoStore, check_document_size
+from pynenc_mongo.write_outcomes import is_refused_write
 
 if TYPE_CHECKING:
     from pynenc.app_info import AppInfo

@@ -15,13 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynenc_mongo import aio, schema, values
 from pynenc_mongo.config import ConfigStateBackendMongo
-from pynenc_mongo.errors import (
-    RETRY_ATTEMPTS,
-    RETRY_WAIT_MAX_SECONDS,
-    RETRY_WAIT_MIN_SECONDS,
-    is_transient,
-    translate,
-)
+from pynenc_mongo.errors import translate, with_retry_async
 from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
 from pynenc_mongo.state_backend.common import DTOPair, StorePart, check_str
 from pynenc_mongo.state_backend.history import History
@@ -77,17 +71,10 @@ class AsyncReads(StorePart):
         # Blocking work happens on a worker thread, never on the shared loop thread
         # (issue 16, item 3): this thread's deferred inserts, a pending app info and
         # the first-use index build (all done by ``store.collection``).
-        await asyncio.to_thread(self._prepare, logical, owner)
+        client = await asyncio.to_thread(self._prepare, logical, owner)
         physical = store.collection_name(logical)
 
         async def run() -> Any:
-            client = aio.loop_thread().client(
-                conf.mongo_url,
-                store.database_name,
-                conf.mongo_async_driver,
-                conf.mongo_server_selection_timeout_seconds,
-                conf.mongo_socket_timeout_seconds,
-            )
             collection = client[store.database_name][physical]
             if one:
                 return await collection.find_one(filter_, projection, max_time_ms=MAX_TIME_MS)
@@ -96,28 +83,32 @@ class AsyncReads(StorePart):
                 cursor = cursor.sort(sort)
             return await cursor.to_list(None)
 
-        failures = 0
-        while True:  # the sync reads' retry policy (errors.with_retry): transient only
-            try:
-                return await aio.run_async(run())
-            except Exception as exc:
-                failures += 1
-                if is_transient(exc) and failures < RETRY_ATTEMPTS:
-                    await asyncio.sleep(
-                        min(RETRY_WAIT_MIN_SECONDS * 2**failures, RETRY_WAIT_MAX_SECONDS)
-                    )
-                    continue
-                mapped = translate(exc, self.describe_target())
-                if mapped is exc:
-                    raise
-                raise mapped from None
+        try:
+            return await aio.run_async(with_retry_async(run, conf.mongo_outage_tolerance_seconds))
+        except Exception as exc:
+            mapped = translate(exc, self.describe_target())
+            if mapped is exc:
+                raise
+            raise mapped from None
 
-    def _prepare(self, logical: str, owner: int) -> None:
+    def _prepare(self, logical: str, owner: int) -> Any:
         """On a worker thread: thread ``owner``'s deferred inserts, then
-        :meth:`MongoStore.collection` (pending app info, indexes ensured)."""
+        :meth:`MongoStore.collection` (pending app info, indexes ensured).
+
+        :return: the loop's asynchronous client for this backend, created here if it
+            is new (:meth:`pynenc_mongo.aio.LoopThread.client`).
+        """
         if self._invocations.has_deferred(owner):
             self._invocations.flush_deferred(owner=owner)
         self.store.collection(logical)
+        conf = self.conf
+        return aio.loop_thread().client(
+            conf.mongo_url,
+            self.store.database_name,
+            conf.mongo_async_driver,
+            conf.mongo_server_selection_timeout_seconds,
+            conf.mongo_socket_timeout_seconds,
+        )
 
     async def load_value(self, stored: Any) -> str:
         """Awaitable :meth:`MongoStore.load_value`."""
