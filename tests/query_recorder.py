@@ -171,9 +171,16 @@ def serving_index(query: QueryShape, indexes: Iterable[IndexSpec] = INDEXES) -> 
     :param Iterable[IndexSpec] indexes: the definitions (default ``schema.INDEXES``).
     :return: an index name (``_id_`` for the default index) or None.
     """
+    specs = [spec for spec in indexes if spec.collection == query.collection]
+    for spec in specs:
+        # Equality on every key of a unique index: one document at most is examined,
+        # whatever else the filter asks of it (a precondition, such as ``$ne``).
+        if spec.unique and spec.partial_filter is None and not query.sort:
+            if {name for name, _ in spec.keys} <= query.equality:
+                return spec.name
     if query.problems:
         return None
-    candidates = [(spec.name, spec.keys) for spec in indexes if spec.collection == query.collection]
+    candidates = [(spec.name, spec.keys) for spec in specs]
     candidates.append((ID_INDEX_NAME, _ID_KEYS))
     for name, keys in candidates:
         if _serves(keys, query):

@@ -70,20 +70,36 @@ def test_async_read_retries_a_transient_error(
     make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before the fix one AutoReconnect beyond the driver's retry reached the caller."""
+    from pynenc_mongo.state_backend.async_reads import AsyncReads
+
     backend: Any = make_app().state_backend
     backend.set_result("inv-1", "result")
-    original = aio.run_async
     failures = [1]
 
-    async def flaky(coro: Any) -> Any:
-        if failures:
-            failures.pop()
-            coro.close()
-            raise AutoReconnect("connection reset")
-        return await original(coro)
+    class FlakyCollection:
+        def __init__(self, real: Any) -> None:
+            self.real = real
 
-    monkeypatch.setattr(aio, "run_async", flaky)
+        async def find_one(self, *args: Any, **kwargs: Any) -> Any:
+            if failures:
+                failures.pop()
+                raise AutoReconnect("connection reset")
+            return await self.real.find_one(*args, **kwargs)
+
+    class FlakyClient:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __getitem__(self, database: str) -> Any:
+            real_db = self.real[database]
+            return type(
+                "FlakyDatabase", (), {"__getitem__": lambda _, n: FlakyCollection(real_db[n])}
+            )()
+
+    original = AsyncReads._prepare
+    monkeypatch.setattr(AsyncReads, "_prepare", lambda self, *a: FlakyClient(original(self, *a)))
     assert asyncio.run(backend.aget_result("inv-1")) == "result"
+    assert failures == []
 
 
 # ---------------------------------------------------------------- item 3

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
 from _fakes import build_raw_app, make_dtos, raw, raw_app_fixture, workflow_identity
 from pymongo.errors import OperationFailure
@@ -177,10 +178,21 @@ def test_workflow_data_odd_keys_and_values_round_trip(make_raw_app: Any) -> None
     assert reader.get_workflow_data(wf, "a%2Eb") is None  # escapes never collide with keys
 
 
-def test_workflow_data_key_too_long_is_refused_naming_the_limit(make_app: Any) -> None:
+def test_workflow_data_key_of_any_length_round_trips_in_a_small_document(
+    make_app: Any,
+) -> None:
+    """A 9 MiB key (longer than a field name may sensibly be) is named by its
+    SHA-256: it round-trips and its bucket stays small; a key differing in its last
+    character is another key."""
     backend = make_app().state_backend
-    with pytest.raises(MongoLimitError, match="8388608 bytes"):
-        backend.set_workflow_data(workflow_identity("wf"), "k" * (9 * 1024 * 1024), 1)
+    wf = workflow_identity("wf")
+    key = "k" * (9 * 1024 * 1024)
+    backend.set_workflow_data(wf, key, 1)
+    backend.set_workflow_data(wf, key[:-1] + "j", 2)
+    assert backend.get_workflow_data(wf, key) == 1
+    assert backend.get_workflow_data(wf, key[:-1] + "j") == 2
+    [bucket] = raw(backend, schema.WORKFLOW_DATA).find({"app_id": backend.app_id})
+    assert len(bson.encode(bucket)) < 4096
 
 
 @pytest.mark.parametrize(

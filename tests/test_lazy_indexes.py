@@ -13,6 +13,7 @@ from pynenc import Pynenc
 
 from pynenc_mongo import cli, indexes, schema
 from pynenc_mongo.config import ConfigStateBackendMongo, MongoConfigError
+from pynenc_mongo.errors import MongoIndexMissingError
 from pynenc_mongo.indexes import SETUP_SCRIPT, inspect_collection
 from pynenc_mongo.monitoring import count_operations
 
@@ -68,22 +69,52 @@ def test_lazy_creation_includes_ttl_indexes_with_retention(
         assert dict(info[f"{logical}_ttl"]["key"]) == {"expire_at": 1}
 
 
-def test_lazy_creation_off_works_without_indexes_and_warns_once(
+def _use_without_unique_writes(app: Pynenc) -> None:
+    """Reads and deletes on every collection: what works without any index."""
+    backend: Any = app.state_backend
+    assert list(backend.get_history("inv-1")) == []
+    backend.purge()  # touches every collection of the layout
+
+
+def test_lazy_creation_off_without_indexes_refuses_only_race_unsafe_writes(
     layout: Layout, make_app: Callable[..., Pynenc], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``mongo_create_indexes=False``: no index is created, every operation works, and
-    one warning (for the whole process) names the setup script."""
+    """``mongo_create_indexes=False`` and no index: none is created; reads and deletes
+    work; an upsert whose race-safety rests on a missing unique index is refused with
+    an error naming the index and the setup script, writing nothing (issue 16, item
+    12); one warning for the whole process names the setup script."""
     caplog.set_level(logging.WARNING, logger="pynenc_mongo")
-    app = make_app(collection_prefix=layout.prefix, create_indexes=False)
-    _use_every_collection(app)
-    _use_every_collection(make_app(collection_prefix=layout.prefix, create_indexes=False))
+    for _ in range(2):
+        app = make_app(collection_prefix=layout.prefix, create_indexes=False)
+        with pytest.raises(MongoIndexMissingError, match=rf"'app_invocation'.*{SETUP_SCRIPT}"):
+            app.state_backend.set_result("inv-1", "result")
+        _use_without_unique_writes(app)
+    assert layout.collection(schema.RESULTS).count_documents({}) == 0
     for logical in schema.STATE_COLLECTIONS:
         assert layout.index_names(logical) <= {"_id_"}, logical
-    [warning] = _warnings(caplog)
+    [warning] = [w for w in _warnings(caplog) if "unique indexes missing" not in w]
     assert SETUP_SCRIPT in warning
     assert "mongo_create_indexes is off" in warning
     defined = len([spec for spec in schema.INDEXES if not spec.retention_only])
     assert f"{defined} indexes missing" in warning
+
+
+def test_refused_write_works_once_an_operator_created_the_index(
+    layout: Layout, make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running worker needs no restart: after the setup script created the missing
+    unique index, the next write past the re-check interval looks again and works;
+    within the interval no ``listIndexes`` is sent again."""
+    backend: Any = make_app(collection_prefix=layout.prefix, create_indexes=False).state_backend
+    with pytest.raises(MongoIndexMissingError):
+        backend.set_result("inv-1", "result")
+    with count_operations() as ops, pytest.raises(MongoIndexMissingError):
+        backend.set_result("inv-1", "result")  # within the interval: no new check
+    assert "listIndexes" not in ops.counts
+    assert cli.main(layout.args()) == cli.EXIT_OK
+    monkeypatch.setattr(indexes, "RECHECK_MISSING_SECONDS", 0.0)
+    backend.set_result("inv-1", "result")
+    assert backend.get_result("inv-1") == "result"
 
 
 def test_lazy_creation_off_is_silent_when_the_script_created_the_indexes(
@@ -105,7 +136,7 @@ def test_create_indexes_setting_from_env_var(
     with an error naming the setting and the value."""
     monkeypatch.setenv("PYNENC__MONGO_CREATE_INDEXES", "false")
     assert ConfigStateBackendMongo().mongo_create_indexes is False
-    _use_every_collection(make_app(collection_prefix=layout.prefix))
+    _use_without_unique_writes(make_app(collection_prefix=layout.prefix))
     assert layout.index_names(schema.RESULTS) <= {"_id_"}
     monkeypatch.setenv("PYNENC__MONGO_CREATE_INDEXES", "maybe")
     with pytest.raises(MongoConfigError, match="mongo_create_indexes.*'maybe'"):
@@ -134,14 +165,19 @@ def test_lazy_creation_not_authorized_warns_once_and_works(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without the createIndex privilege (code 13) the backend works, warning once."""
+    """Without the createIndex privilege (code 13) the backend keeps working, warning
+    once (issue 16, item 7): reads and deletes work; only the upserts that rest on a
+    missing unique index are refused (item 12)."""
 
     def refuse(collection: Any, specs: Any) -> list[str]:
         raise OperationFailure("not authorized to execute command createIndexes", code=13)
 
     monkeypatch.setattr(indexes, "create_indexes", refuse)
     caplog.set_level(logging.WARNING, logger="pynenc_mongo")
-    _use_every_collection(make_app(collection_prefix=layout.prefix))
+    app = make_app(collection_prefix=layout.prefix)
+    with pytest.raises(MongoIndexMissingError, match="'app_invocation'"):
+        app.state_backend.set_result("inv-1", "result")
+    _use_without_unique_writes(app)
     # Besides: one warning per collection naming its missing unique indexes (issue 16).
     [warning] = [w for w in _warnings(caplog) if "unique indexes missing" not in w]
     assert "not authorized" in warning

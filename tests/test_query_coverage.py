@@ -98,6 +98,13 @@ def shape(collection: str, query: dict[str, Any], sort: Any = None, distinct: An
         (schema.APP_INFOS, {}, "app_id", None, "app"),
         (schema.APP_INFOS, {"$and": [{"app_id": "a"}]}, None, None, "app"),
         (schema.HISTORY, {"_id": "x"}, None, None, "_id_"),
+        (  # every key of a unique index by equality: one document, any precondition
+            schema.WORKFLOW_DATA,
+            {"app_id": "a", "workflow_id": "w", "bucket": 3, "keys": {"$ne": "d"}},
+            None,
+            None,
+            "app_workflow_bucket",
+        ),
         # not served:
         (schema.HISTORY, {"app_id": "a", "status": "SUCCESS"}, None, None, None),
         (schema.HISTORY, {"app_id": "a"}, [("ts_us", 1), ("_id", -1)], None, None),
@@ -116,6 +123,13 @@ def shape(collection: str, query: dict[str, Any], sort: Any = None, distinct: An
         (schema.INVOCATIONS, {"$or": [{"app_id": "a"}, {"app_id": "b"}]}, None, None, None),
         (schema.WORKFLOW_RUNS, {"app_id": "a"}, None, "workflow_type.module", None),
         (schema.RESULTS, {"invocation_id": "i"}, None, None, None),
+        (  # a unique index's keys but one: not a point lookup
+            schema.WORKFLOW_DATA,
+            {"app_id": "a", "workflow_id": "w", "keys": {"$ne": "d"}},
+            None,
+            None,
+            None,
+        ),
     ],
 )
 def test_checker_accepts_indexed_and_rejects_unindexed_queries(

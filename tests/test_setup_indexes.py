@@ -41,13 +41,19 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def seed(make_app: Callable[..., Pynenc], layout: Layout) -> Pynenc:
-    """An app with data under ``layout`` and no index (as before an operator runs the script)."""
-    app = make_app(collection_prefix=layout.prefix, create_indexes=False)
+    """An app with data under ``layout`` and no index (as before an operator runs the script).
+
+    The data is written with the indexes (without its unique index the results upsert
+    is refused, issue 16 item 12), then every index but ``_id_`` is dropped.
+    """
+    app = make_app(collection_prefix=layout.prefix)
     backend: Any = app.state_backend
     backend.set_result("inv-1", "42")
     from pynenc.app_info import AppInfo
 
     backend.store_app_info(AppInfo.from_app(app))
+    for name in layout.existing_collections():
+        layout.db[name].drop_indexes()
     return app
 
 

@@ -15,10 +15,10 @@ The index definitions themselves live in :data:`pynenc_mongo.schema.INDEXES`
   off it only checks, and logs one warning naming the setup script
   (:data:`SETUP_SCRIPT`, :mod:`pynenc_mongo.cli`) when indexes are missing.
 
-The backend never drops an index and never fails an operation because an index
-could not be created or listed (a role without the ``listIndexes`` or
-``createIndex`` privilege action, code 13): it logs a warning once and works
-without it (queries scan).
+The backend never drops an index, and an index that could not be created or
+listed (a role without the ``listIndexes`` or ``createIndex`` privilege action,
+code 13) fails no read: it logs a warning once and works without it (queries
+scan). The exception is below: writes that rest on a unique index known missing.
 
 Unique indexes are correctness gates, not only speed: an upsert or an insert
 whose race-safety rests on one (two writers of the same new result, the
@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
@@ -169,6 +170,43 @@ def unique_index_state(collection: Collection[Any], name: str) -> UniqueIndexSta
     """
     with _lock:
         return _unique.get(_collection_key(collection), {}).get(name)
+
+
+#: Shortest time, in seconds, between two re-checks of a collection whose unique index
+#: was found missing (:func:`recheck_missing_unique`): a running worker sees the
+#: index an operator created without a restart, at one ``listIndexes`` per interval.
+RECHECK_MISSING_SECONDS = 10.0
+_rechecked: dict[_CollectionKey, float] = {}
+
+
+def recheck_missing_unique(collection: Collection[Any], logical: str, retention: bool) -> None:
+    """Look again, at most once per :data:`RECHECK_MISSING_SECONDS` per collection,
+    whether the unique indexes of ``collection`` recorded missing now exist (an
+    operator ran :data:`SETUP_SCRIPT`), and record what is found.
+
+    :param Collection collection: the physical collection.
+    :param str logical: its logical name.
+    :param bool retention: whether its TTL indexes are part of the layout.
+    The states found are recorded; read them with :func:`unique_index_state`.
+
+    :raises pymongo.errors.PyMongoError: the ``listIndexes`` failed; nothing recorded
+        (a refusal, code 13, is recorded as unverified instead).
+    """
+    key = _collection_key(collection)
+    now = time.monotonic()
+    with _lock:
+        last = _rechecked.get(key)
+        if last is not None and now - last < RECHECK_MISSING_SECONDS:
+            return
+        _rechecked[key] = now
+    try:
+        report = inspect_collection(collection, logical, retention)
+    except OperationFailure as exc:
+        if exc.code != UNAUTHORIZED:
+            raise
+        _record_unique(collection, indexes_for(logical, retention), UniqueIndexState.UNVERIFIED)
+        return
+    _record_report(collection, report)
 
 
 def _warn_unique_missing(database: str, missing: list[tuple[str, IndexSpec]]) -> None:
@@ -403,6 +441,7 @@ def forget_ensured() -> None:
         _done.clear()
         _warned.clear()
         _unique.clear()
+        _rechecked.clear()
 
 
 def _after_fork_in_child() -> None:

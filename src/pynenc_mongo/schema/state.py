@@ -39,9 +39,15 @@ Collections (names get the ``mongo_collection_prefix``, default ``pynenc_``):
 ``workflow_runs`` -- ``{app_id, workflow_id, workflow_type: {key, module,
   func_name}, parent_workflow_id}``; read newest first (``_id`` descending)
 ``workflow_sub_invocations`` -- ``{app_id, workflow_id, sub_invocation_id}``
-``workflow_data`` -- one document per workflow: ``{app_id, workflow_id, data:
-  {<encoded key>: value}}``; :func:`encode_data_key` makes any string a legal
-  field name (``a.b``, ``$x``, ``""``, non-ASCII all round-trip).
+``workflow_data`` -- a workflow's data in bounded bucket documents (the bucket
+  pattern): ``{app_id, workflow_id, bucket: 0, 1, ..., keys: [<key digest>...],
+  count, bytes, data: {<encoded key>: value}, expire_at?}``. A key lives in one
+  bucket (unique multikey index on ``keys``); new keys go to the newest bucket
+  until it holds :data:`BUCKET_MAX_KEYS` keys or :data:`BUCKET_SOFT_MAX_BYTES`
+  (then the next bucket is upserted), so no document nears 16 MiB and an update
+  rewrites one bounded document. A read by key is one query on that index.
+  :func:`encode_data_key` makes any string a legal field name (``a.b``, ``$x``,
+  ``""``, non-ASCII all round-trip); :func:`data_key_digest` names it in ``keys``.
 ``value_pieces`` -- pieces of large values: ``{app_id, value_id, owner, n, data:
   BinData, expire_at?}`` (see :mod:`pynenc_mongo.values`).
 
@@ -52,6 +58,7 @@ reference ``{value_id, pieces, size, codec}`` into ``value_pieces``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import TYPE_CHECKING, Final
 
@@ -107,6 +114,20 @@ F_WF_ID: Final = "invocation.workflow.workflow_id"
 F_WF_TYPE: Final = "invocation.workflow.workflow_type.key"
 F_TASK: Final = "invocation.call_id.task_id.key"
 F_TS_US: Final = "ts_us"
+# Workflow-data bucket documents (see the module docstring).
+F_BUCKET: Final = "bucket"
+F_KEYS: Final = "keys"
+F_COUNT: Final = "count"
+F_BYTES: Final = "bytes"
+
+#: Most keys one ``workflow_data`` bucket document takes. With field names of at most
+#: 1 KiB and inline values of at most 16 KiB (the workflow-data limits in
+#: :mod:`pynenc_mongo.state_backend.workflows`), a bucket stays under 9 MiB even if
+#: every value is later overwritten at the largest size: below MongoDB's 16 MiB.
+BUCKET_MAX_KEYS: Final = 500
+#: A bucket takes no new key once its keys and values, as first written, reach this
+#: many bytes (about 1 MiB): buckets of large values hold fewer keys.
+BUCKET_SOFT_MAX_BYTES: Final = 1024 * 1024
 
 
 #: Every index the backend needs; every query it issues is served by one of these
@@ -138,7 +159,20 @@ INDEXES: Final[tuple[IndexSpec, ...]] = (
         "app_workflow_sub_invocation",
         unique=True,
     ),
-    IndexSpec(WORKFLOW_DATA, ((F_APP, 1), ("workflow_id", 1)), "app_workflow", unique=True),
+    # One document per bucket; the newest bucket is found by sorting on it.
+    IndexSpec(
+        WORKFLOW_DATA,
+        ((F_APP, 1), ("workflow_id", 1), (F_BUCKET, 1)),
+        "app_workflow_bucket",
+        unique=True,
+    ),
+    # Multikey: a read by key is one lookup, and a key is in one bucket only.
+    IndexSpec(
+        WORKFLOW_DATA,
+        ((F_APP, 1), ("workflow_id", 1), (F_KEYS, 1)),
+        "app_workflow_key",
+        unique=True,
+    ),
     IndexSpec(
         VALUE_PIECES, ((F_APP, 1), ("value_id", 1), ("n", 1)), "app_value_piece", unique=True
     ),
@@ -183,6 +217,17 @@ def encode_data_key(key: str) -> str:
     return "k" + "".join(_escape_key_char(ch) for ch in key)
 
 
+def data_key_digest(encoded: str) -> str:
+    """The name of a workflow-data key in its bucket's ``keys`` array: 32 hex digits
+    of the SHA-256 of the encoded key (128 bits: fixed-size index entries whatever
+    the key's length; a collision is not to be expected below 2**64 keys).
+
+    :param str encoded: a field name made by :func:`encode_data_key`.
+    :return: the digest, 32 lowercase hex digits.
+    """
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def decode_data_key(encoded: str) -> str:
     """Inverse of :func:`encode_data_key`.
 
@@ -203,8 +248,14 @@ def decode_data_key(encoded: str) -> str:
 #: mapping between pynenc's DTOs and these documents is in :mod:`.state_documents`.
 __all__ = [
     "APP_INFOS",
+    "BUCKET_MAX_KEYS",
+    "BUCKET_SOFT_MAX_BYTES",
     "EXCEPTIONS",
+    "F_BUCKET",
+    "F_BYTES",
+    "F_COUNT",
     "F_INV",
+    "F_KEYS",
     "F_PARENT",
     "F_PARENT_EVENT",
     "F_TASK",
@@ -221,6 +272,7 @@ __all__ = [
     "WORKFLOW_DATA",
     "WORKFLOW_RUNS",
     "WORKFLOW_SUB_INVOCATIONS",
+    "data_key_digest",
     "decode_data_key",
     "encode_data_key",
 ]

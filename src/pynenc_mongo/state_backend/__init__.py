@@ -340,7 +340,6 @@ class MongoStateBackend(BaseStateBackend[Any, Any]):
         app's client data store (see :meth:`Workflows.set_data`).
 
         :raises TypeError: if ``key`` is not a string.
-        :raises pynenc_mongo.errors.MongoLimitError: if the key is too long.
         """
         self._workflows.set_data(
             workflow_identity.workflow_id, key, value, self.app.client_data_store.serialize

@@ -20,7 +20,7 @@ from pynenc_mongo.schema import F_APP, F_INV, F_TS_US
 from pynenc_mongo.state_backend.common import DTOPair, StorePart, check_str
 from pynenc_mongo.state_backend.history import History
 from pynenc_mongo.state_backend.invocations import Invocations
-from pynenc_mongo.state_backend.workflows import data_field
+from pynenc_mongo.state_backend.workflows import data_field, data_filter
 from pynenc_mongo.store import STALE_READ_ATTEMPTS, MongoStore, at_path, is_expired
 
 #: Server-side deadline of each async read (``maxTimeMS``), in milliseconds.
@@ -223,13 +223,11 @@ class AsyncReads(StorePart):
 
         :raises TypeError: if ``key`` or ``workflow_id`` is not a string (a dict
             would act as a query operator).
-        :raises pynenc_mongo.errors.MongoLimitError: if the key is too long.
         """
         field = data_field(key)
+        check_str("workflow_id", workflow_id)
         return await self.read_value(
-            schema.WORKFLOW_DATA,
-            {F_APP: self.app_id, "workflow_id": check_str("workflow_id", workflow_id)},
-            field,
+            schema.WORKFLOW_DATA, data_filter(self.app_id, workflow_id, field), field
         )
 
 

@@ -2,50 +2,85 @@
 
 * ``workflow_runs``: one document per run (idempotent upsert), listed newest first.
 * ``workflow_sub_invocations``: one document per (workflow, sub-invocation).
-* ``workflow_data``: one document per workflow; each key is a field of ``data``
-  (encoded by :func:`pynenc_mongo.schema.encode_data_key`), its value inline up
-  to :data:`WORKFLOW_INLINE_MAX_BYTES` or as pieces owned by ``workflow:<id>``.
+* ``workflow_data``: a workflow's keys in bounded bucket documents (the bucket
+  pattern, :mod:`pynenc_mongo.schema.state`): each key is a field of one bucket's
+  ``data`` (encoded by :func:`pynenc_mongo.schema.encode_data_key`), its value
+  inline up to :data:`WORKFLOW_INLINE_MAX_BYTES` or as pieces owned by
+  ``workflow:<id>``. pynenc's deterministic replay writes a key per step
+  (``task_invocation:<call id>``, counters): with one document per workflow that
+  document reached 16 MiB at about 97,000 steps, and every step rewrote all of it
+  (issue 16, item 8). A bucket holds at most :data:`~pynenc_mongo.schema.BUCKET_MAX_KEYS`
+  keys, so a step costs one bounded document whatever the workflow's length.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pynenc_mongo import schema
-from pynenc_mongo.errors import MAX_DOCUMENT_BYTES, MongoLimitError
-from pynenc_mongo.schema import F_APP
+from cachetools import LRUCache
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from pynenc_mongo import schema, values
+from pynenc_mongo.errors import MongoBackendError
+from pynenc_mongo.schema import (
+    BUCKET_MAX_KEYS,
+    BUCKET_SOFT_MAX_BYTES,
+    F_APP,
+    F_BUCKET,
+    F_BYTES,
+    F_COUNT,
+    F_EXPIRE,
+    F_KEYS,
+)
 from pynenc_mongo.state_backend.common import StorePart, check_str
-from pynenc_mongo.store import check_document_size
+from pynenc_mongo.store import MongoStore, check_document_size
 
 if TYPE_CHECKING:
     from pynenc.identifiers.invocation_id import InvocationId
     from pynenc.identifiers.task_id import TaskId
     from pynenc.workflow.workflow_identity import WorkflowIdentity
 
-#: Workflow-data values share one document per workflow, so they are inlined
-#: only up to this many bytes (at most ``mongo_inline_value_max_bytes``).
-WORKFLOW_INLINE_MAX_BYTES = 64 * 1024
-#: Longest workflow-data key (bytes of its encoded field name): the key is a field
-#: name in the workflow's single document, which MongoDB caps at 16 MiB.
-MAX_DATA_KEY_BYTES = 8 * 1024 * 1024
+#: Workflow-data values are inlined in their bucket only up to this many bytes (at
+#: most ``mongo_inline_value_max_bytes``); larger ones are stored as pieces.
+WORKFLOW_INLINE_MAX_BYTES = 16 * 1024
+#: Longest encoded workflow-data key kept as its own field name (bytes); a longer
+#: key is named by its SHA-256 instead (``h<64 hex digits>``), so any key fits.
+#: Together with :data:`WORKFLOW_INLINE_MAX_BYTES` and ``BUCKET_MAX_KEYS`` this
+#: bounds a bucket document below MongoDB's 16 MiB.
+FIELD_NAME_MAX_BYTES = 1024
+#: How many times a write looks for a bucket again after losing a race for one (two
+#: writers adding the same new key, or filling the same bucket) before giving up.
+PLACE_ATTEMPTS = 16
+#: Workflows whose newest bucket number this process remembers.
+OPEN_BUCKET_CACHE_SIZE = 10_000
 
 
 def data_field(key: str) -> str:
-    """The field path of workflow-data ``key`` (see :func:`schema.encode_data_key`).
+    """The field path of workflow-data ``key``: ``data.`` and the key encoded by
+    :func:`schema.encode_data_key` (``k...``), or for an encoded key longer than
+    :data:`FIELD_NAME_MAX_BYTES`, ``data.h`` and its SHA-256 in hex (keys are never
+    listed back, so a long key need not be stored; ``k`` and ``h`` never collide).
 
     :raises TypeError: if ``key`` is not a str.
-    :raises pynenc_mongo.errors.MongoLimitError: if longer than :data:`MAX_DATA_KEY_BYTES`.
     """
     encoded = schema.encode_data_key(key)
-    size = len(encoded.encode("utf-8"))
-    if size > MAX_DATA_KEY_BYTES:
-        raise MongoLimitError(
-            f"workflow data key of {size} bytes is longer than the limit of "
-            f"{MAX_DATA_KEY_BYTES} bytes: keys are field names in the workflow's one "
-            f"document, which MongoDB caps at {MAX_DOCUMENT_BYTES} bytes (16 MiB)"
-        )
+    raw = encoded.encode("utf-8", "surrogatepass")
+    if len(raw) > FIELD_NAME_MAX_BYTES:
+        return "data.h" + hashlib.sha256(raw).hexdigest()
     return "data." + encoded
+
+
+def data_filter(app_id: str, workflow_id: str, field: str) -> dict[str, Any]:
+    """The filter of the one bucket holding ``field`` (index ``app_workflow_key``).
+
+    :param str field: a path made by :func:`data_field`.
+    """
+    digest = schema.data_key_digest(field.removeprefix("data."))
+    return {F_APP: app_id, "workflow_id": workflow_id, F_KEYS: digest}
 
 
 class Workflows(StorePart):
@@ -54,42 +89,144 @@ class Workflows(StorePart):
     :param MongoStore store: the app's store.
     """
 
+    def __init__(self, store: MongoStore) -> None:
+        super().__init__(store)
+        #: workflow id -> (newest bucket number, its expire_at) as last seen.
+        self._open: LRUCache[str, tuple[int, Any]] = LRUCache(OPEN_BUCKET_CACHE_SIZE)
+        self._open_lock = threading.Lock()
+
     # ------------------------------------------------------------------ data
     def set_data(
         self, workflow_id: str, key: str, value: Any, serialize: Callable[[Any], str]
     ) -> None:
-        """Set ``key`` of a workflow's data to ``value``: one ``$set`` upsert on the
-        workflow's document (after any pieces).
+        """Set ``key`` of a workflow's data to ``value``.
+
+        An existing key is overwritten in its bucket (one ``find_one_and_update``);
+        a new key is added to the newest bucket with room (one more ``update_one``
+        upsert whose filter states the room: fewer than ``BUCKET_MAX_KEYS`` keys,
+        below ``BUCKET_SOFT_MAX_BYTES``, and the key not there). The unique indexes
+        ``app_workflow_bucket`` and ``app_workflow_key`` settle races: a writer that
+        loses one looks again. Large values are stored as pieces first.
 
         :param Callable serialize: turns ``value`` into text (the app's client data
             store); called once the key is checked.
         :raises TypeError: if ``key`` or ``workflow_id`` is not a string.
-        :raises pynenc_mongo.errors.MongoLimitError: if the key is longer than
-            :data:`MAX_DATA_KEY_BYTES`.
+        :raises pynenc_mongo.errors.MongoBackendError: if no bucket could be
+            settled in :data:`PLACE_ATTEMPTS` tries (constant contention).
         """
         field = data_field(key)
         text = serialize(value)
         check_str("workflow_id", workflow_id)
         self.require_unique(schema.WORKFLOW_DATA)
+        by_key = data_filter(self.app_id, workflow_id, field)
+
+        def switch(prepared: values.PreparedValue) -> dict[str, Any] | None:
+            return self._place(workflow_id, by_key, field, prepared.stored)
+
         self.store.write_value(
             schema.WORKFLOW_DATA,
-            {F_APP: self.app_id, "workflow_id": workflow_id},
+            by_key,
             field,
             f"workflow:{workflow_id}",
             text,
             limit=WORKFLOW_INLINE_MAX_BYTES,
+            switch=switch,
         )
 
+    def _place(
+        self, workflow_id: str, by_key: dict[str, Any], field: str, stored: Any
+    ) -> dict[str, Any] | None:
+        """Point ``field`` at ``stored`` in its bucket, or add it to the newest one.
+
+        :return: the bucket before the write (with ``field``) when the key existed,
+            else None.
+        """
+        collection = self.store.collection(schema.WORKFLOW_DATA)
+        digest = by_key[F_KEYS]
+        size = len(field) + values.stored_size(stored)
+        for _ in range(PLACE_ATTEMPTS):
+            before: dict[str, Any] | None = self.store.retry(
+                collection.find_one_and_update,
+                by_key,
+                {"$set": {field: stored}},
+                projection={field: 1, "_id": 0},
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is not None:
+                return before
+            bucket, expire_at = self._newest_bucket(workflow_id)
+            update: dict[str, Any] = {
+                "$set": {field: stored},
+                "$addToSet": {F_KEYS: digest},
+                "$inc": {F_COUNT: 1, F_BYTES: size},
+            }
+            if expire_at is not None:  # the workflow was stamped for expiry already
+                update["$setOnInsert"] = {F_EXPIRE: expire_at}
+            try:
+                self.store.retry(
+                    collection.update_one,
+                    {
+                        F_APP: self.app_id,
+                        "workflow_id": workflow_id,
+                        F_BUCKET: bucket,
+                        F_COUNT: {"$lt": BUCKET_MAX_KEYS},
+                        F_BYTES: {"$lt": BUCKET_SOFT_MAX_BYTES},
+                        F_KEYS: {"$ne": digest},
+                    },
+                    update,
+                    upsert=True,
+                )
+                return None
+            except DuplicateKeyError:
+                # The bucket is full (the upsert tried to insert it again), or another
+                # writer added this key meanwhile (in this bucket or another): look again.
+                with self._open_lock:
+                    self._open.pop(workflow_id, None)
+        raise MongoBackendError(
+            f"workflow {workflow_id[:80]!r}: no bucket of {schema.WORKFLOW_DATA!r} settled "
+            f"for a data key in {PLACE_ATTEMPTS} attempts (other writers kept filling them)"
+        )
+
+    def _newest_bucket(self, workflow_id: str) -> tuple[int, Any]:
+        """The bucket new keys of ``workflow_id`` go to, and its ``expire_at``.
+
+        Cached per process; looked up (one ``find_one`` sorted on
+        ``app_workflow_bucket``) when unknown or after a lost race: the newest
+        bucket, or the next number when it is full.
+        """
+        with self._open_lock:
+            known = self._open.get(workflow_id)
+        if known is not None:
+            return known
+        doc = self.store.retry(
+            self.store.collection(schema.WORKFLOW_DATA).find_one,
+            {F_APP: self.app_id, "workflow_id": workflow_id},
+            {F_BUCKET: 1, F_COUNT: 1, F_BYTES: 1, F_EXPIRE: 1, "_id": 0},
+            sort=[(F_BUCKET, -1)],
+        )
+        if doc is None:
+            found: tuple[int, Any] = (0, None)
+        else:
+            bucket = int(doc.get(F_BUCKET) or 0)
+            full = (
+                doc.get(F_COUNT, 0) >= BUCKET_MAX_KEYS
+                or doc.get(F_BYTES, 0) >= BUCKET_SOFT_MAX_BYTES
+            )
+            found = (bucket + 1 if full else bucket, doc.get(F_EXPIRE))
+        with self._open_lock:
+            self._open[workflow_id] = found
+        return found
+
     def get_data(self, workflow_id: str, key: str) -> tuple[bool, str]:
-        """The serialized value under ``key``: ``(found, text)``.
+        """The serialized value under ``key``: ``(found, text)``; one ``find_one`` on
+        the index ``app_workflow_key``.
 
         :raises TypeError: if ``key`` or ``workflow_id`` is not a string.
         """
         field = data_field(key)
+        check_str("workflow_id", workflow_id)
         return self.store.read_value(
-            schema.WORKFLOW_DATA,
-            {F_APP: self.app_id, "workflow_id": check_str("workflow_id", workflow_id)},
-            field,
+            schema.WORKFLOW_DATA, data_filter(self.app_id, workflow_id, field), field
         )
 
     # ------------------------------------------------------------------ runs
@@ -169,4 +306,10 @@ class Workflows(StorePart):
         return (doc["sub_invocation_id"] for doc in docs)
 
 
-__all__ = ["MAX_DATA_KEY_BYTES", "WORKFLOW_INLINE_MAX_BYTES", "Workflows", "data_field"]
+__all__ = [
+    "FIELD_NAME_MAX_BYTES",
+    "WORKFLOW_INLINE_MAX_BYTES",
+    "Workflows",
+    "data_field",
+    "data_filter",
+]
