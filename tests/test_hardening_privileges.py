@@ -175,7 +175,8 @@ def test_unique_index_creation_refused_is_warned_and_refused(
     _deny(monkeypatch, layout, "create_indexes")
     caplog.set_level(logging.WARNING, logger="pynenc_mongo")
     app = make_app(collection_prefix=layout.prefix)
-    _work(app)
+    with pytest.raises(MongoIndexMissingError, match=SETUP_SCRIPT):
+        _work(app)  # the results upsert rests on the missing unique index (item 12)
     store = _store(app)
     with pytest.raises(MongoIndexMissingError, match=SETUP_SCRIPT):
         store.require_unique(schema.RESULTS, UNIQUE_RESULTS)
@@ -183,7 +184,8 @@ def test_unique_index_creation_refused_is_warned_and_refused(
     assert any(f"{layout.prefix}{schema.RESULTS}.{UNIQUE_RESULTS}" in w for w in unique)
     assert all(SETUP_SCRIPT in w for w in unique)
     count = len(unique)
-    _work(app)
+    with pytest.raises(MongoIndexMissingError):
+        _work(app)
     assert len([w for w in _warnings(caplog) if "unique indexes missing" in w]) == count
 
 
