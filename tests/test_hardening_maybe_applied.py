@@ -285,3 +285,40 @@ def test_only_duplicates_counts_write_concern_errors_as_stored(
 ) -> None:
     """``only_duplicates`` also decides the asynchronous history writer's outcome."""
     assert only_duplicates(exc) is expected
+
+
+# ---------------------------------------------------------------- a real replica set
+@pytest.mark.real_server("a write concern error after the primary applied the write")
+def test_unsatisfiable_write_concern_on_a_replica_set_keeps_the_value_readable(
+    mongo_url: str, make_app: Callable[..., Pynenc]
+) -> None:
+    """On a replica set, ``w`` above its member count is applied by the primary and
+    answered with a write concern error (MongoDB manual, "Write Concern": "the write
+    operation [...] returns a write concern error [...] even if the write succeeds").
+    The large result written that way must read back whole with the default write
+    concern: its pieces are kept."""
+    from pymongo import MongoClient
+
+    with MongoClient(mongo_url, serverSelectionTimeoutMS=10_000) as client:
+        hello = client.admin.command("hello")
+    if "setName" not in hello:
+        pytest.skip("needs a replica set (this server is a standalone mongod)")
+    members = len(hello.get("hosts", [])) + len(hello.get("passives", []))
+    separator = "&" if "?" in mongo_url else "/?" if mongo_url.count("/") == 2 else "?"
+    unsatisfiable = f"{mongo_url}{separator}w={members + 1}&wtimeoutMS=2000"
+    app = make_app(inline_value_max_bytes=1024)
+    from pynenc import PynencBuilder
+    from run_settings import RUN_DATABASE
+
+    writer: Any = (
+        PynencBuilder()
+        .app_id(app.app_id)
+        .memory()
+        .mongo_state_backend(url=unsatisfiable, database=RUN_DATABASE, inline_value_max_bytes=1024)
+        .build()
+        .state_backend
+    )
+    with pytest.raises(Exception):  # noqa: B017 - whichever error maps the write concern
+        writer._set_result("inv-wc", BIG)
+    reader: Any = app.state_backend
+    assert reader._get_result("inv-wc") == BIG

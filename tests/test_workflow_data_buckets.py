@@ -89,6 +89,31 @@ def test_a_read_is_one_query_and_a_step_touches_one_bounded_document(
     assert ops.counts == {"findAndModify": 1}
 
 
+def test_one_bucket_workflow_new_keys_cost_one_operation(make_raw_app: Any) -> None:
+    """While a workflow has one bucket, a new key is one ``update`` (plus one ``find``
+    for the bucket when this process first writes to the workflow); a key another
+    process wrote is overwritten in place, not stored twice."""
+    app = make_raw_app()
+    backend = app.state_backend
+    wf = workflow_identity("wf-small")
+    assert backend.get_workflow_data(wf, "status") is None  # indexes ensured
+    with count_operations() as ops:
+        backend.set_workflow_data(wf, "status", "started")
+    assert ops.counts == {"find": 1, "update": 1}, ops.counts
+    with count_operations() as ops:
+        backend.set_workflow_data(wf, "total", 3)
+    assert ops.counts == {"update": 1}, ops.counts
+    with count_operations() as ops:
+        backend.set_workflow_data(wf, "status", "done")  # seen here: straight to it
+    assert ops.counts == {"findAndModify": 1}, ops.counts
+    other = make_raw_app(app_id=app.app_id).state_backend
+    other.set_workflow_data(wf, "status", "from the other process")
+    [bucket] = buckets(backend, "wf-small")
+    assert bucket["count"] == len(bucket["keys"]) == 2
+    assert backend.get_workflow_data(wf, "status") == "from the other process"
+    assert other.get_workflow_data(wf, "total") == 3
+
+
 def test_buckets_made_after_the_expiry_stamp_expire_with_the_workflow(
     make_raw_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

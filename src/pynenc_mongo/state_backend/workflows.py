@@ -57,6 +57,9 @@ FIELD_NAME_MAX_BYTES = 1024
 PLACE_ATTEMPTS = 16
 #: Workflows whose newest bucket number this process remembers.
 OPEN_BUCKET_CACHE_SIZE = 10_000
+#: Workflow-data keys this process remembers having written or read (about 150
+#: bytes each): an overwrite of one of them goes straight to its bucket.
+SEEN_KEYS_CACHE_SIZE = 50_000
 
 
 def data_field(key: str) -> str:
@@ -93,6 +96,8 @@ class Workflows(StorePart):
         super().__init__(store)
         #: workflow id -> (newest bucket number, its expire_at) as last seen.
         self._open: LRUCache[str, tuple[int, Any]] = LRUCache(OPEN_BUCKET_CACHE_SIZE)
+        #: (workflow id, key digest) of keys this process wrote or read: set first.
+        self._seen: LRUCache[tuple[str, str], bool] = LRUCache(SEEN_KEYS_CACHE_SIZE)
         self._open_lock = threading.Lock()
 
     # ------------------------------------------------------------------ data
@@ -102,11 +107,15 @@ class Workflows(StorePart):
         """Set ``key`` of a workflow's data to ``value``.
 
         An existing key is overwritten in its bucket (one ``find_one_and_update``);
-        a new key is added to the newest bucket with room (one more ``update_one``
-        upsert whose filter states the room: fewer than ``BUCKET_MAX_KEYS`` keys,
-        below ``BUCKET_SOFT_MAX_BYTES``, and the key not there). The unique indexes
-        ``app_workflow_bucket`` and ``app_workflow_key`` settle races: a writer that
-        loses one looks again. Large values are stored as pieces first.
+        a new key is added to the newest bucket with room (an ``update_one`` upsert
+        whose filter states the room: fewer than ``BUCKET_MAX_KEYS`` keys, below
+        ``BUCKET_SOFT_MAX_BYTES``, and the key not there), after looking for it in
+        the older buckets when there are any. Operations: a new key 1 (while the
+        workflow has one bucket) or 2, an overwrite 1 (2 for a key another process
+        wrote into a one-bucket workflow), plus one ``find`` when this process first
+        writes to the workflow. The unique indexes ``app_workflow_bucket`` and
+        ``app_workflow_key`` settle races: a writer that loses one looks again.
+        Large values are stored as pieces first.
 
         :param Callable serialize: turns ``value`` into text (the app's client data
             store); called once the key is checked.
@@ -144,16 +153,27 @@ class Workflows(StorePart):
         collection = self.store.collection(schema.WORKFLOW_DATA)
         digest = by_key[F_KEYS]
         size = len(field) + values.stored_size(stored)
+        with self._open_lock:
+            seen = self._seen.get((workflow_id, digest), False)
+        # While the newest bucket is bucket 0, a key can be nowhere else: the add's own
+        # filter (the key not in bucket 0) decides, in one operation. Past bucket 0, or
+        # for a key this process has seen, look for the key first (on MongoDB the
+        # unique index would refuse a second copy, but the embedded store does not
+        # enforce uniqueness on arrays).
+        add_first = not seen and self._newest_bucket(workflow_id)[0] == 0
         for _ in range(PLACE_ATTEMPTS):
-            before: dict[str, Any] | None = self.store.retry(
-                collection.find_one_and_update,
-                by_key,
-                {"$set": {field: stored}},
-                projection={field: 1, "_id": 0},
-                return_document=ReturnDocument.BEFORE,
-            )
-            if before is not None:
-                return before
+            if not add_first:
+                before: dict[str, Any] | None = self.store.retry(
+                    collection.find_one_and_update,
+                    by_key,
+                    {"$set": {field: stored}},
+                    projection={field: 1, "_id": 0},
+                    return_document=ReturnDocument.BEFORE,
+                )
+                if before is not None:
+                    self._see(workflow_id, digest)
+                    return before
+            add_first = False
             bucket, expire_at = self._newest_bucket(workflow_id)
             update: dict[str, Any] = {
                 "$set": {field: stored},
@@ -176,6 +196,7 @@ class Workflows(StorePart):
                     update,
                     upsert=True,
                 )
+                self._see(workflow_id, digest)
                 return None
             except DuplicateKeyError:
                 # The bucket is full (the upsert tried to insert it again), or another
@@ -186,6 +207,11 @@ class Workflows(StorePart):
             f"workflow {workflow_id[:80]!r}: no bucket of {schema.WORKFLOW_DATA!r} settled "
             f"for a data key in {PLACE_ATTEMPTS} attempts (other writers kept filling them)"
         )
+
+    def _see(self, workflow_id: str, digest: str) -> None:
+        """Remember that key ``digest`` of ``workflow_id`` exists (written or read here)."""
+        with self._open_lock:
+            self._seen[(workflow_id, digest)] = True
 
     def _newest_bucket(self, workflow_id: str) -> tuple[int, Any]:
         """The bucket new keys of ``workflow_id`` go to, and its ``expire_at``.
@@ -225,9 +251,11 @@ class Workflows(StorePart):
         """
         field = data_field(key)
         check_str("workflow_id", workflow_id)
-        return self.store.read_value(
-            schema.WORKFLOW_DATA, data_filter(self.app_id, workflow_id, field), field
-        )
+        by_key = data_filter(self.app_id, workflow_id, field)
+        found, text = self.store.read_value(schema.WORKFLOW_DATA, by_key, field)
+        if found:
+            self._see(workflow_id, by_key[F_KEYS])
+        return found, text
 
     # ------------------------------------------------------------------ runs
     def store_run(self, workflow_identity: WorkflowIdentity) -> None:
