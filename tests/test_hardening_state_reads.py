@@ -179,9 +179,13 @@ def test_runner_context_parents_are_fetched_in_one_batch_and_cached(
 def test_large_id_lists_are_streamed_with_a_server_deadline(
     make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before the fix the whole result was loaded into a list, with no maxTimeMS."""
+    """Before the fix the whole result was loaded into a list, with no maxTimeMS.
+    (Pages of 50 here, so 120 invocations span three server batches.)"""
+    from pynenc_mongo.state_backend import common
+
+    monkeypatch.setattr(common, "PAGE_SIZE", 50)
     backend: Any = make_app().state_backend
-    pairs = [make_dtos(workflow_id="wf-1") for _ in range(1005)]
+    pairs = [make_dtos(workflow_id="wf-1") for _ in range(120)]
     backend._upsert_invocations(pairs)
     backend._flush_deferred(every_thread=True)
     cls = type(raw(backend, schema.INVOCATIONS))
