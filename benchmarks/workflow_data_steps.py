@@ -72,6 +72,7 @@ def main() -> None:
     # The previous layout's document: {_id, app_id, workflow_id, data: {...}}.
     one_document = len(bson.encode({**query, "_id": bson.ObjectId(), "data": {}}))
     one_document += element_bytes(data_field(COUNTER_KEY)[5:], "0")
+    first_size = one_document
     one_document_full_at: int | None = None
     print(f"store: {url.split('@')[-1].split('?')[0]}  steps: {args.steps}")
     print(
@@ -120,7 +121,12 @@ def main() -> None:
     if one_document_full_at is not None:
         print(f"one document per workflow would pass 16 MiB at step {one_document_full_at}")
     else:
-        print("one document per workflow would stay under 16 MiB for these steps")
+        per_step = (one_document - first_size) / args.steps
+        print(
+            f"one document per workflow would stay under 16 MiB for these steps; at "
+            f"{per_step:.0f} bytes per step it passes 16 MiB at step "
+            f"{int((MAX_BSON - first_size) / per_step) + 1}"
+        )
 
 
 if __name__ == "__main__":
