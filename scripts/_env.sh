@@ -4,11 +4,14 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-find_python() {
-    # Prefer an explicit choice, then python3.13/3.12 on PATH, then pyenv's versions.
+# find_python_at_least MINOR OVERRIDE [CANDIDATE...]: print the first Python 3.MINOR+
+# among $OVERRIDE (an environment variable's name), the candidates on PATH and pyenv's
+# versions (newest first); return 1 when there is none.
+find_python_at_least() {
+    local minor="$1" override="$2"; shift 2
     local candidates=()
-    [ -n "${PYNENC_MONGO_PYTHON:-}" ] && candidates+=("$PYNENC_MONGO_PYTHON")
-    candidates+=(python3.13 python3.12 python3 python)
+    [ -n "${!override:-}" ] && candidates+=("${!override}")
+    candidates+=("$@" python3 python)
     if command -v pyenv >/dev/null 2>&1; then
         local root; root="$(pyenv root)"
         for v in $(ls -1 "$root/versions" 2>/dev/null | sort -rV); do
@@ -17,12 +20,18 @@ find_python() {
     fi
     for c in "${candidates[@]}"; do
         if command -v "$c" >/dev/null 2>&1 &&
-           "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+           "$c" -c "import sys; sys.exit(0 if sys.version_info >= (3, $minor) else 1)" 2>/dev/null; then
             command -v "$c"
             return 0
         fi
     done
-    echo "error: no Python >= 3.12 found (tried ${candidates[*]}); set PYNENC_MONGO_PYTHON" >&2
+    return 1
+}
+
+# find_python: a Python >= 3.12 for the project's venvs (PYNENC_MONGO_PYTHON first).
+find_python() {
+    find_python_at_least 12 PYNENC_MONGO_PYTHON python3.13 python3.12 && return 0
+    echo "error: no Python >= 3.12 found (on PATH or in pyenv); set PYNENC_MONGO_PYTHON" >&2
     return 1
 }
 
@@ -52,23 +61,7 @@ MONGOECO_SPEC="mongoeco[wire]==4.11.0"
 
 # find_python313: print a Python >= 3.13 (mongoeco's requirement), or return 1.
 find_python313() {
-    local candidates=()
-    [ -n "${PYNENC_MONGO_WIRE_PYTHON:-}" ] && candidates+=("$PYNENC_MONGO_WIRE_PYTHON")
-    candidates+=(python3.14 python3.13 python3 python)
-    if command -v pyenv >/dev/null 2>&1; then
-        local root; root="$(pyenv root)"
-        for v in $(ls -1 "$root/versions" 2>/dev/null | sort -rV); do
-            candidates+=("$root/versions/$v/bin/python3")
-        done
-    fi
-    for c in "${candidates[@]}"; do
-        if command -v "$c" >/dev/null 2>&1 &&
-           "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)' 2>/dev/null; then
-            command -v "$c"
-            return 0
-        fi
-    done
-    return 1
+    find_python_at_least 13 PYNENC_MONGO_WIRE_PYTHON python3.14 python3.13
 }
 
 # ensure_wire_venv DIR: the wire test server's own venv (mongoeco); one line and
