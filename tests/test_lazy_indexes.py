@@ -117,6 +117,28 @@ def test_refused_write_works_once_an_operator_created_the_index(
     assert backend.get_result("inv-1") == "result"
 
 
+def test_refused_invocation_is_refused_at_once_and_never_written_later(
+    layout: Layout, make_app: Callable[..., Pynenc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invocation refused for its missing unique index is refused to the caller,
+    is not deferred: later reads in the thread work, and it is not written once the
+    index exists (the fresh-clone review: it used to fail every later operation of
+    the thread, then land as an orphan)."""
+    from _fakes import make_dtos
+
+    backend: Any = make_app(collection_prefix=layout.prefix, create_indexes=False).state_backend
+    with pytest.raises(MongoIndexMissingError, match="'app_invocation'"):
+        backend._upsert_invocations([make_dtos("inv-refused")])
+    assert list(backend.get_history("inv-refused")) == []  # a read: no flush, no refusal
+    assert backend._get_invocation("inv-refused") is None
+    assert cli.main(layout.args()) == cli.EXIT_OK
+    monkeypatch.setattr(indexes, "RECHECK_MISSING_SECONDS", 0.0)
+    backend._upsert_invocations([make_dtos("inv-later")])
+    backend._flush_deferred(every_thread=True)
+    stored = {d["invocation_id"] for d in layout.collection(schema.INVOCATIONS).find()}
+    assert stored == {"inv-later"}
+
+
 def test_lazy_creation_off_is_silent_when_the_script_created_the_indexes(
     layout: Layout, make_app: Callable[..., Pynenc], caplog: pytest.LogCaptureFixture
 ) -> None:

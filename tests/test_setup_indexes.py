@@ -492,3 +492,15 @@ def test_one_line_hides_every_secret_of_the_url() -> None:
     )
     text = f"failed: {PASSWORD}! {PASSWORD}%21 k3y-secret admin\nsecond line"
     assert cli.one_line(text, url) == "failed: *** *** *** admin second line"
+
+
+def test_misspelt_setting_in_the_environment_is_refused_naming_the_closest(
+    layout: Layout, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script reads the backend's sources, so it refuses what the backend refuses
+    (the fresh-clone review: ``PYNENC__MONGO_COLECTION_PREFIX`` passed the check)."""
+    monkeypatch.setenv("PYNENC__MONGO_COLECTION_PREFIX", "other_")
+    status, out, err = run(capsys, *layout.args("--check"))
+    assert status == cli.EXIT_USAGE and out == ""
+    assert "mongo_colection_prefix: unknown pynenc-mongo setting" in err
+    assert "did you mean 'mongo_collection_prefix'" in err

@@ -15,6 +15,7 @@ URL, database, prefix and every component class are exported there.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -135,14 +136,30 @@ def app_combination_instance(
         app.purge()
     except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
         pass
-    _stop_new_children(before)
+    _stop_new_children(before, app_id)
 
 
-def _stop_new_children(before: set[int]) -> None:
+def _with_app_id(app_id: str) -> list[psutil.Process]:
+    """Processes of this user whose environment holds ``PYNENC__APP_ID=app_id``: the
+    test's runner processes, also those orphaned when their runner was SIGKILLed
+    (re-parented to init, no longer children of this process)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("PYNENC__APP_ID") == app_id:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _stop_new_children(before: set[int], app_id: str) -> None:
     """End runner processes a test left behind (a PersistentProcessRunner's workers
-    outlive a stopped parent loop): they would keep polling the server for the rest of
-    the run."""
+    outlive a stopped parent loop; a SIGKILLed runner's task processes are orphaned):
+    they would keep polling the server, and using CPU, for the rest of the run."""
     leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    known = {p.pid for p in leftovers}
+    leftovers += [p for p in _with_app_id(app_id) if p.pid not in known]
     for proc in leftovers:
         try:
             proc.terminate()

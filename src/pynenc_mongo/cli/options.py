@@ -15,6 +15,7 @@ from pynenc_mongo import __version__
 from pynenc_mongo.config import (
     ConfigStateBackendMongo,
     MongoConfigError,
+    check_unknown_settings,
     effective_database,
 )
 from pynenc_mongo.errors import (
@@ -203,6 +204,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if args.config is not None and not os.path.isfile(args.config):
         raise Fatal(EXIT_USAGE, f"--config {args.config!r}: no such file")
     try:
+        check_unknown_settings(None)  # misspelt PYNENC__MONGO_* variables, as the backend
         conf = ConfigStateBackendMongo(config_filepath=args.config)
     except MongoConfigError as exc:
         raise Fatal(EXIT_USAGE, f"configuration: {exc}") from None

@@ -139,6 +139,8 @@ class Invocations(StorePart):
         :raises TypeError: if an invocation id is not a str.
         :raises pynenc_mongo.errors.MongoLimitError: if an invocation document
             would still pass 16 MiB (huge ids, task or argument names).
+        :raises pynenc_mongo.errors.MongoIndexMissingError: the unique index
+            ``app_invocation`` is missing; nothing is stored or deferred.
         """
         fresh: dict[str, DTOPair] = {}
         registering: list[str] = []
@@ -151,6 +153,10 @@ class Invocations(StorePart):
                 elif inv_id not in self.dto_cache and inv_id not in fresh:
                     fresh[inv_id] = (inv_dto, call_dto)
         if fresh:
+            # Refused now, to the caller, or never: a deferred insert refused later
+            # would fail every operation of this thread, then land after the caller
+            # was told it failed (the fresh-clone review of issue 16).
+            self.require_unique(schema.INVOCATIONS)
             deferred: dict[str, tuple[dict[str, Any], list[str]]] = {}
             pieces: list[dict[str, Any]] = []
             for key, (inv_dto, call_dto) in fresh.items():
