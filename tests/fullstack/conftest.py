@@ -16,6 +16,7 @@ URL, database, prefix and every component class are exported there.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -130,36 +131,47 @@ def app_combination_instance(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    started = time.time() - 1.0  # create_time has a clock tick of resolution
     app = Pynenc()
     yield app
     try:
         app.purge()
     except Exception:  # noqa: BLE001 (a test may leave the server paused or gone)
         pass
-    _stop_new_children(before, app_id)
+    _stop_new_children(before, app_id, started)
 
 
-def _with_app_id(app_id: str) -> list[psutil.Process]:
-    """Processes of this user whose environment holds ``PYNENC__APP_ID=app_id``: the
-    test's runner processes, also those orphaned when their runner was SIGKILLed
-    (re-parented to init, no longer children of this process)."""
+def _with_app_id(app_id: str, since: float) -> list[psutil.Process]:
+    """The test's runner processes orphaned when their runner was SIGKILLed
+    (re-parented to init, no longer children of this process): spawned ones carry
+    ``PYNENC__APP_ID=app_id`` in their environment; forked ones are copies of this
+    process (same command line and session) started during the test (``since``)."""
+    me = psutil.Process()
+    my_cmdline, my_session = me.cmdline(), os.getsid(0)
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get("PYNENC__APP_ID") == app_id:
+            if proc.pid == me.pid:
+                continue
+            if proc.environ().get("PYNENC__APP_ID") == app_id or (
+                proc.ppid() == 1
+                and proc.create_time() >= since
+                and proc.cmdline() == my_cmdline
+                and os.getsid(proc.pid) == my_session
+            ):
                 found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
             continue
     return found
 
 
-def _stop_new_children(before: set[int], app_id: str) -> None:
+def _stop_new_children(before: set[int], app_id: str, since: float) -> None:
     """End runner processes a test left behind (a PersistentProcessRunner's workers
     outlive a stopped parent loop; a SIGKILLed runner's task processes are orphaned):
     they would keep polling the server, and using CPU, for the rest of the run."""
     leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     known = {p.pid for p in leftovers}
-    leftovers += [p for p in _with_app_id(app_id) if p.pid not in known]
+    leftovers += [p for p in _with_app_id(app_id, since) if p.pid not in known]
     for proc in leftovers:
         try:
             proc.terminate()
