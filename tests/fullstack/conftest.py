@@ -141,7 +141,7 @@ def app_combination_instance(
     _stop_new_children(before, app_id, started)
 
 
-def _with_app_id(app_id: str, since: float) -> list[psutil.Process]:
+def _orphans_of_test(app_id: str, since: float) -> list[psutil.Process]:
     """The test's runner processes orphaned when their runner was SIGKILLed
     (re-parented to init, no longer children of this process): spawned ones carry
     ``PYNENC__APP_ID=app_id`` in their environment; forked ones are copies of this
@@ -171,7 +171,7 @@ def _stop_new_children(before: set[int], app_id: str, since: float) -> None:
     they would keep polling the server, and using CPU, for the rest of the run."""
     leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     known = {p.pid for p in leftovers}
-    leftovers += [p for p in _with_app_id(app_id, since) if p.pid not in known]
+    leftovers += [p for p in _orphans_of_test(app_id, since) if p.pid not in known]
     for proc in leftovers:
         try:
             proc.terminate()

@@ -98,7 +98,7 @@ class Workflows(StorePart):
         self._open: LRUCache[str, tuple[int, Any]] = LRUCache(OPEN_BUCKET_CACHE_SIZE)
         #: (workflow id, key digest) of keys this process wrote or read: set first.
         self._seen: LRUCache[tuple[str, str], bool] = LRUCache(SEEN_KEYS_CACHE_SIZE)
-        self._open_lock = threading.Lock()
+        self._cache_lock = threading.Lock()  # guards both caches (cachetools is not thread-safe)
 
     # ------------------------------------------------------------------ data
     def set_data(
@@ -153,7 +153,7 @@ class Workflows(StorePart):
         collection = self.store.collection(schema.WORKFLOW_DATA)
         digest = by_key[F_KEYS]
         size = len(field) + values.stored_size(stored)
-        with self._open_lock:
+        with self._cache_lock:
             seen = self._seen.get((workflow_id, digest), False)
         # While the newest bucket is bucket 0, a key can be nowhere else: the add's own
         # filter (the key not in bucket 0) decides, in one operation. Past bucket 0, or
@@ -201,7 +201,7 @@ class Workflows(StorePart):
             except DuplicateKeyError:
                 # The bucket is full (the upsert tried to insert it again), or another
                 # writer added this key meanwhile (in this bucket or another): look again.
-                with self._open_lock:
+                with self._cache_lock:
                     self._open.pop(workflow_id, None)
         raise MongoBackendError(
             f"workflow {workflow_id[:80]!r}: no bucket of {schema.WORKFLOW_DATA!r} settled "
@@ -210,7 +210,7 @@ class Workflows(StorePart):
 
     def _see(self, workflow_id: str, digest: str) -> None:
         """Remember that key ``digest`` of ``workflow_id`` exists (written or read here)."""
-        with self._open_lock:
+        with self._cache_lock:
             self._seen[(workflow_id, digest)] = True
 
     def _newest_bucket(self, workflow_id: str) -> tuple[int, Any]:
@@ -220,7 +220,7 @@ class Workflows(StorePart):
         ``app_workflow_bucket``) when unknown or after a lost race: the newest
         bucket, or the next number when it is full.
         """
-        with self._open_lock:
+        with self._cache_lock:
             known = self._open.get(workflow_id)
         if known is not None:
             return known
@@ -239,7 +239,7 @@ class Workflows(StorePart):
                 or doc.get(F_BYTES, 0) >= BUCKET_SOFT_MAX_BYTES
             )
             found = (bucket + 1 if full else bucket, doc.get(F_EXPIRE))
-        with self._open_lock:
+        with self._cache_lock:
             self._open[workflow_id] = found
         return found
 
