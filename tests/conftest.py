@@ -38,7 +38,7 @@ from wire_support import WireServer, WireServerUnavailable, start_wire_server
 from pynenc_mongo import client as client_mod
 from pynenc_mongo.indexes import forget_ensured
 
-pytest_plugins = ["pynenc_tests.conftest", "query_recorder"]
+pytest_plugins = ["pynenc_tests.conftest", "query_recorder", "session_exit"]
 
 
 MARKERS = (

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pynenc.state_backend.base_state_backend import BaseStateBackend
 
-from pynenc_mongo import aio, schema
+from pynenc_mongo import aio, at_exit, schema
 from pynenc_mongo.errors import (
     AsyncOperationError,
     AsyncUnavailableError,
@@ -177,6 +177,9 @@ class AsyncHistoryWriter:
     :param InsertBatch | None insert: replaces the MongoDB insert (tests inject
         failing fakes here); by default an idempotent unordered ``insert_many`` on
         the loop's asynchronous client.
+
+    Attributes: ``tolerance`` (the owner's ``mongo_outage_tolerance_seconds``) and
+    ``where`` (the server it writes to, password redacted), for errors and the exit log.
     """
 
     def __init__(self, backend: HistoryTarget, insert: InsertBatch | None = None) -> None:
@@ -193,8 +196,8 @@ class AsyncHistoryWriter:
         self._draining = False
         self._closed = False
         self._waiters = 0
-        self._tolerance = conf.mongo_outage_tolerance_seconds
-        self._where = backend.describe_target()
+        self.tolerance = conf.mongo_outage_tolerance_seconds
+        self.where = backend.describe_target()
         if insert is None:
             backend.collection(schema.HISTORY)  # ensures the indexes (sync client)
             insert = _mongo_insert(
@@ -335,7 +338,7 @@ class AsyncHistoryWriter:
             try:
                 await self._insert_with_retry(docs)
             except Exception as exc:  # noqa: BLE001 - reported through wait()
-                error = translate(exc, self._where)
+                error = translate(exc, self.where)
                 ids = sorted({doc[schema.F_INV] for doc in docs})
                 logger.error(
                     "pynenc-mongo: history write failed for good for invocation(s) %s: %s: %s",
@@ -352,7 +355,7 @@ class AsyncHistoryWriter:
         async def insert() -> None:
             await self._insert(docs)
 
-        await with_retry_async(insert, self._tolerance)
+        await with_retry_async(insert, self.tolerance)
 
     def _complete(
         self, batch: list[tuple[int, dict[str, Any]]], error: BaseException | None
@@ -428,10 +431,18 @@ def _flush_at_process_exit() -> None:
 
 
 def flush_all_writers() -> None:
-    """Flush and close every live asynchronous writer of this process (at exit)."""
-    for writer in list(_live_writers):
-        if not writer.is_stale():
-            writer.close()
+    """Flush and close every live asynchronous writer of this process (at exit), all
+    within one time budget (:func:`pynenc_mongo.at_exit.run_within`): a write stuck on
+    a server that stopped answering does not hold the exit; it is logged."""
+    writers = [writer for writer in list(_live_writers) if not writer.is_stale()]
+    steps = [
+        (
+            f"history records of {writer.tracked_invocations()} invocation(s) ({writer.where})",
+            writer.close,
+        )
+        for writer in writers
+    ]
+    at_exit.run_within(steps, at_exit.budget_for([writer.tolerance for writer in writers]))
 
 
 def make_history_writer(backend: HistoryTarget) -> HistoryWriter:

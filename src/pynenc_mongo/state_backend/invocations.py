@@ -36,7 +36,7 @@ from pymongo.collection import Collection
 # Imported for its atexit handler (history writers flush at exit): registered before
 # ours, so ours (deferred invocations) runs first (atexit is last-in, first-out).
 from pynenc_mongo import async_writes as _async_writes  # noqa: F401
-from pynenc_mongo import schema, values
+from pynenc_mongo import at_exit, schema, values
 from pynenc_mongo.errors import translate_errors
 from pynenc_mongo.operations import insert_if_absent, surely_unwritten
 from pynenc_mongo.schema import F_APP, F_INV
@@ -429,12 +429,19 @@ _live_parts: weakref.WeakSet[Invocations] = weakref.WeakSet()
 
 
 def _write_all_deferred() -> None:
-    """At exit: write every live backend's deferred invocations (errors are logged)."""
-    for part in list(_live_parts):
-        try:
-            part.flush_deferred(every_thread=True)
-        except Exception as exc:  # noqa: BLE001 - nothing left to raise to at exit
-            logger.error("pynenc-mongo: at exit, deferred invocations not written: %s", exc)
+    """At exit: write every live backend's deferred invocations, all within one time
+    budget (:func:`pynenc_mongo.at_exit.run_within`); what is not written is logged."""
+    parts = [part for part in list(_live_parts) if part.unwritten]
+    steps = [
+        (
+            f"{len(part.unwritten)} deferred invocation(s) of app {part.app_id!r} "
+            f"({part.store.describe_target()})",
+            lambda part=part: part.flush_deferred(every_thread=True),
+        )
+        for part in parts
+    ]
+    tolerances = [part.store.conf.mongo_outage_tolerance_seconds for part in parts]
+    at_exit.run_within(steps, at_exit.budget_for(tolerances))
 
 
 def _reset_locks_after_fork() -> None:
