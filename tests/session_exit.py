@@ -8,7 +8,8 @@ and CI only sees its time limit pass. Two things can hold a finished pytest proc
 * a thread or exit handler blocked on a server that is gone.
 
 At the end of the session (``pytest_unconfigure``, after the summary) this plugin
-names every live child process, ends it (SIGTERM, then SIGKILL after 5 s) and arms a
+names every live child process (but ``multiprocessing``'s own resource tracker and
+fork server, which end with this process), ends it (SIGTERM, then SIGKILL after 5 s) and arms a
 watchdog: if the interpreter has not exited :data:`EXIT_GRACE_SECONDS` later, it writes
 every thread's stack to stderr (``faulthandler``) and exits with the session's status.
 Both write one line to stderr, so a leak shows in the log of a run that passed.
@@ -57,10 +58,23 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
+#: multiprocessing's own helper processes: they end by themselves once this process
+#: exits (their pipe closes) and are not a test's leftovers.
+MULTIPROCESSING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _is_helper(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(helper in cmdline for helper in MULTIPROCESSING_HELPERS)
+
+
 def end_children() -> list[str]:
     """End this process's live child processes; returns a line for each: its pid, the
     test after which it was first seen alive, its command line."""
-    children = psutil.Process().children(recursive=True)
+    children = [p for p in psutil.Process().children(recursive=True) if not _is_helper(p)]
     named = []
     for proc in children:
         try:

@@ -59,13 +59,16 @@ def test_a_child_process_left_alive_is_ended_and_named(tmp_path: Path) -> None:
                 time.sleep(1)
 
         def test_leaves_a_child():
-            multiprocessing.get_context("spawn").Process(target=forever).start()
+            context = multiprocessing.get_context("spawn")
+            context.Lock()  # starts multiprocessing's resource tracker (not a leftover)
+            context.Process(target=forever).start()
         """,
         timeout_seconds=60,
     )
     assert status == 0, stderr
     assert "a test left this child process alive; ended it" in stderr, stderr
     assert "first seen after test_case.py::test_leaves_a_child" in stderr, stderr
+    assert stderr.count("ended it") == 1 and "resource_tracker" not in stderr, stderr
 
 
 def test_a_thread_holding_the_exit_is_cut_short_with_the_session_status(tmp_path: Path) -> None:
