@@ -31,7 +31,7 @@ import pytest
 #: pynenc-mongo's exit writes take at most 2 x 35 s by default, see pynenc_mongo.at_exit).
 EXIT_GRACE_SECONDS = 150.0
 
-_status: dict[str, int] = {}
+_session: dict[str, pytest.Session] = {}
 #: pid -> node id of the test after which this process's child was first seen alive.
 _first_seen_after: dict[int, str] = {}
 
@@ -48,9 +48,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> Any:
         pass
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remember the session's exit status (the watchdog exits with it)."""
-    _status["exit"] = int(exitstatus)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remember the session: the watchdog exits with its final ``exitstatus`` (read at
+    ``pytest_unconfigure``: other hooks, e.g. the query recorder's, may set it after
+    this one runs)."""
+    _session["session"] = session
 
 
 def _say(text: str) -> None:
@@ -116,7 +118,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     for line in end_children():
         _say(f"a test left this child process alive; ended it: {line}")
-    status = _status.get("exit", 0)
+    session = _session.get("session")
+    status = int(session.exitstatus) if session is not None else 0
     threading.Thread(
         target=_watchdog, args=(status,), name="pynenc-mongo-exit-watchdog", daemon=True
     ).start()

@@ -12,17 +12,22 @@ start); the second needs no server (an insert that never returns).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wire_support import WireServerUnavailable, start_wire_server
 
 import pynenc_mongo
+from pynenc_mongo import aio, at_exit, schema
 from pynenc_mongo.at_exit import EXIT_MARGIN_SECONDS
 
 TESTS = Path(__file__).parent
@@ -154,5 +159,172 @@ def test_history_write_that_never_returns_does_not_hold_the_exit() -> None:
     _wait_ready(proc)
     elapsed, stderr = _seconds_to_exit(proc, 60)
     budget = TOLERANCE_SECONDS + EXIT_MARGIN_SECONDS
-    assert "gave up after" in stderr and "history records of 1 invocation" in stderr, stderr
+    # close() is given the time left and says what it did not write.
+    assert "history records of 1 invocation(s) not written within" in stderr, stderr
     assert elapsed < budget + 6.0, (elapsed, stderr[-3000:])
+
+
+def _steps(log: list[str], event: threading.Event) -> list[tuple[str, Any]]:
+    def sleeper(name: str, seconds: float) -> Any:
+        def write() -> None:
+            time.sleep(seconds)
+            log.append(name)
+
+        return write
+
+    def fails() -> None:
+        log.append("fails")
+        raise RuntimeError("refused")
+
+    return [
+        ("fails", fails),
+        ("first", sleeper("first", 0.3)),
+        ("second", sleeper("second", 0.3)),
+        ("third", lambda: log.append("third")),
+        ("stuck", lambda: (event.wait(), log.append("stuck")) and None),
+    ]
+
+
+def test_run_within_abandons_a_stuck_step_at_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """Each step in a daemon thread of its own: the failing one is logged, the others
+    are written, the stuck one is abandoned at the deadline and named."""
+    log: list[str] = []
+    event = threading.Event()
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="pynenc_mongo"):
+        left = at_exit.run_within(_steps(log, event), budget_seconds=1.5)
+    elapsed = time.monotonic() - started
+    event.set()
+    assert left == ["fails", "stuck"]
+    assert sorted(log) == ["fails", "first", "second", "third"]
+    assert 1.4 < elapsed < 3.0, elapsed  # side by side: 0.3 s steps do not add up
+    assert "fails not written: refused" in caplog.text
+    assert "(may still land): stuck" in caplog.text
+
+
+def test_run_within_without_threads_starts_no_step_after_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python 3.12 starts no thread in an ``atexit`` handler ("can't create new thread
+    at interpreter shutdown"): the steps run in the calling thread, and none starts
+    after the deadline (before the fix every exit write was skipped with a
+    traceback)."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    log: list[str] = []
+    event = threading.Event()
+    event.set()  # inline, a stuck step would hold the caller: this one returns
+    with caplog.at_level(logging.ERROR, logger="pynenc_mongo"):
+        left = at_exit.run_within(_steps(log, event), budget_seconds=0.45)
+    # fails (0 s), first (0.3 s) start before the deadline; second starts at 0.3 s,
+    # before it too, and ends at 0.6 s; third and stuck would start after it.
+    assert log == ["fails", "first", "second"]
+    assert left == ["fails", "third", "stuck"]
+    assert "not confirmed written (may still land): third; stuck" in caplog.text
+
+
+def test_writer_close_with_a_timeout_logs_what_it_did_not_write(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``close(timeout_seconds)`` on a writer whose insert never returns: it returns
+    after the timeout, closed, and logs the records it did not write."""
+    from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
+    from pynenc.runner.runner_context import RunnerContext
+
+    from pynenc_mongo.async_writes import AsyncHistoryWriter
+
+    release = asyncio.Event()
+
+    async def never_returns(docs: list[dict[str, Any]]) -> None:
+        await release.wait()
+
+    backend = make_app().state_backend
+    writer = AsyncHistoryWriter(backend._history, insert=never_returns)
+    backend._writer = writer
+    ctx = RunnerContext(runner_cls="R", runner_id="r", pid=1, hostname="h", thread_id=1)
+    backend.add_history("inv-1", InvocationStatusRecord(InvocationStatus.REGISTERED, "r"), ctx)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.ERROR, logger="pynenc_mongo"):
+            writer.close(timeout_seconds=0.5)
+        assert 0.4 < time.monotonic() - started < 3.0
+        assert "history records of 1 invocation(s) not written within 0.5 s" in caplog.text
+        with pytest.raises(RuntimeError, match="closed"):
+            writer.submit([{"invocation_id": "inv-2"}])
+    finally:  # let the insert return: the app's purge at teardown waits for it
+        aio.loop_thread().loop.call_soon_threadsafe(release.set)
+
+
+WORKER_DEFERS = """
+import multiprocessing, sys
+from pynenc import PynencBuilder
+from _fakes import make_dtos
+import pynenc_mongo.state_backend  # imported before the fork, as in a runner's parent
+
+def defer(url, database, app_id, inv_id):
+    app = (
+        PynencBuilder().app_id(app_id).memory()
+        .mongo_state_backend(url=url, database=database).build()
+    )
+    app.state_backend._upsert_invocations([make_dtos(inv_id)])  # deferred
+    assert app.state_backend._invocations.unwritten
+
+if __name__ == "__main__":
+    url, database, app_id, where = sys.argv[1:5]
+    if where == "main":
+        defer(url, database, app_id, "inv-main")
+    else:
+        worker = multiprocessing.get_context(where).Process(
+            target=defer, args=(url, database, app_id, f"inv-{where}")
+        )
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0, worker.exitcode
+    print("ready", flush=True)
+"""
+
+
+@pytest.mark.wire
+@pytest.mark.parametrize("where", ["main", "fork", "spawn"])
+def test_deferred_invocations_are_written_at_exit(
+    server_url: str, tmp_path: Path, where: str
+) -> None:
+    """A process (or a ``multiprocessing`` worker) that ends with an invocation still
+    deferred writes it on its way out, to a server that answers. Before the fix a fork
+    worker wrote none (it runs none of the parent's ``atexit`` handlers); a budget of
+    0 would fail every case."""
+    from run_settings import RUN_DATABASE
+
+    script = tmp_path / "defers.py"
+    script.write_text(WORKER_DEFERS)
+    app_id = f"exit-writes-{where}-{os.getpid()}-{time.monotonic_ns()}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(SRC)]))
+    done = subprocess.run(
+        [sys.executable, str(script), server_url, RUN_DATABASE, app_id, where],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "ready" in done.stdout, done.stderr[-3000:]
+    from pynenc import PynencBuilder
+
+    reader = (
+        PynencBuilder()
+        .app_id(app_id)
+        .memory()
+        .mongo_state_backend(url=server_url, database=RUN_DATABASE)
+        .build()
+    )
+    backend: Any = reader.state_backend
+    try:
+        stored = backend.collection(schema.INVOCATIONS).count_documents(
+            {schema.F_APP: app_id, schema.F_INV: f"inv-{where}"}
+        )
+        assert stored == 1, done.stderr[-3000:]
+    finally:
+        backend.purge()
+        backend.close()

@@ -178,7 +178,8 @@ class AsyncHistoryWriter:
         failing fakes here); by default an idempotent unordered ``insert_many`` on
         the loop's asynchronous client.
 
-    Attributes: ``tolerance`` (the owner's ``mongo_outage_tolerance_seconds``) and
+    Attributes: ``tolerance`` (the owner's ``mongo_outage_tolerance_seconds``),
+    ``longest_retry`` (:func:`pynenc_mongo.at_exit.longest_retry`) and
     ``where`` (the server it writes to, password redacted), for errors and the exit log.
     """
 
@@ -197,6 +198,7 @@ class AsyncHistoryWriter:
         self._closed = False
         self._waiters = 0
         self.tolerance = conf.mongo_outage_tolerance_seconds
+        self.longest_retry = at_exit.longest_retry(conf)
         self.where = backend.describe_target()
         if insert is None:
             backend.collection(schema.HISTORY)  # ensures the indexes (sync client)
@@ -238,14 +240,15 @@ class AsyncHistoryWriter:
         if start:
             aio.run(self._drain())
 
-    def _block_until(self, done: Callable[[], bool]) -> None:
-        """With ``self._cond`` held: wait until ``done()``, counted as a waiter, which
-        cuts the drain's linger short (see the module docstring)."""
+    def _block_until(self, done: Callable[[], bool], timeout_seconds: float | None = None) -> bool:
+        """With ``self._cond`` held: wait until ``done()`` (at most ``timeout_seconds``;
+        None: no limit), counted as a waiter, which cuts the drain's linger short (see
+        the module docstring). Returns ``done()``."""
         if done():
-            return
+            return True
         self._waiters += 1
         try:
-            self._cond.wait_for(done)
+            return self._cond.wait_for(done, timeout=timeout_seconds)
         finally:
             self._waiters -= 1
 
@@ -292,18 +295,40 @@ class AsyncHistoryWriter:
         with self._cond:
             return len(self._last_seq)
 
-    def close(self) -> None:
-        """Flush what is pending, then refuse new records. Failures are logged, not raised."""
+    def close(self, timeout_seconds: float | None = None) -> None:
+        """Flush what is pending, then refuse new records. Failures are logged, not raised.
+
+        :param float | None timeout_seconds: the longest wait for the pending records
+            (None: until they are written or failed for good, which the retry policy
+            bounds unless an insert never returns); past it the records not yet
+            written are logged and the writer is closed anyway (at exit:
+            :func:`flush_all_writers`).
+        """
         with self._cond:
             if self._closed:
                 return
-        try:
-            self.wait_all()
-        except AsyncOperationError as exc:
-            logger.error("pynenc-mongo: at close, %s", exc)
-        with self._cond:
+            target = self._submitted_seq
+            written = self._block_until(lambda: self._completed_seq >= target, timeout_seconds)
+            failures = list(self._failures.items())
+            self._failures.clear()
+            unwritten = len(self._last_seq)
             self._closed = True
         _live_writers.discard(self)
+        if failures:
+            invocation_id, cause = failures[0]
+            logger.error(
+                "pynenc-mongo: at close, history writes of %d invocation(s) failed: %s",
+                len(failures),
+                _async_error(invocation_id, cause),
+            )
+        if not written:
+            logger.error(
+                "pynenc-mongo: at close, history records of %d invocation(s) not written "
+                "within %.1f s (%s)",
+                unwritten,
+                timeout_seconds or 0.0,
+                self.where,
+            )
 
     def is_stale(self) -> bool:
         """True in a forked child (its buffer and loop belong to the parent)."""
@@ -418,7 +443,8 @@ def _flush_at_process_exit() -> None:
 
     ``atexit`` (below) covers the main process. A ``multiprocessing`` child (the
     worker processes of pynenc's ProcessRunner, PersistentProcessRunner and
-    MultiThreadRunner) ends with ``os._exit`` and never runs ``atexit`` handlers, so
+    MultiThreadRunner) ends with ``os._exit`` and runs none of the ``atexit``
+    handlers registered before it started, so
     its last records (an invocation's final status) would be lost; its exit does run
     ``multiprocessing.util.Finalize`` callbacks, so one is registered there.
     """
@@ -432,17 +458,25 @@ def _flush_at_process_exit() -> None:
 
 def flush_all_writers() -> None:
     """Flush and close every live asynchronous writer of this process (at exit), all
-    within one time budget (:func:`pynenc_mongo.at_exit.run_within`): a write stuck on
-    a server that stopped answering does not hold the exit; it is logged."""
+    within one time budget (:func:`pynenc_mongo.at_exit.run_within`; each ``close``
+    gets the time left): a write stuck on a server that stopped answering does not
+    hold the exit; what is not written is logged."""
     writers = [writer for writer in list(_live_writers) if not writer.is_stale()]
+    budget = at_exit.budget_for([writer.longest_retry for writer in writers])
+    since = at_exit.exit_started() if writers else time.monotonic()
+    deadline = since + budget
+
+    def closer(writer: AsyncHistoryWriter) -> Callable[[], None]:
+        return lambda: writer.close(timeout_seconds=max(0.0, deadline - time.monotonic()))
+
     steps = [
         (
             f"history records of {writer.tracked_invocations()} invocation(s) ({writer.where})",
-            writer.close,
+            closer(writer),
         )
         for writer in writers
     ]
-    at_exit.run_within(steps, at_exit.budget_for([writer.tolerance for writer in writers]))
+    at_exit.run_within(steps, budget, since=since)
 
 
 def make_history_writer(backend: HistoryTarget) -> HistoryWriter:

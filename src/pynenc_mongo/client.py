@@ -276,7 +276,9 @@ def close_all(timeout_seconds: float | None = None) -> None:
     Each client closes in its own daemon thread, and the wait for all of them is
     bounded: ``close`` sends ``endSessions``, which against a stalled server would
     wait for the socket timeout (or forever without one). A client still closing
-    when the time is up is left to the process's exit.
+    when the time is up is left to the process's exit, as are all of them where no
+    thread can be started (Python 3.12 at interpreter shutdown: the operating system
+    closes the sockets).
 
     :param float | None timeout_seconds: longest wait in all; None for
         :data:`CLOSE_TIMEOUT_SECONDS`.
@@ -293,8 +295,12 @@ def close_all(timeout_seconds: float | None = None) -> None:
         threading.Thread(target=_close_quietly, args=(c,), name="pynenc-mongo-close", daemon=True)
         for c in clients
     ]
-    for thread in threads:
-        thread.start()
+    try:
+        for thread in threads:
+            thread.start()
+    except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12's atexit)
+        logger.debug("pynenc-mongo: at interpreter shutdown, clients left to the exit")
+        return
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     left = sum(thread.is_alive() for thread in threads)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
@@ -177,6 +179,7 @@ class Invocations(StorePart):
             with self.deferred_lock:
                 self.deferred.setdefault(threading.get_ident(), {}).update(deferred)
                 self.unwritten.update(deferred)
+            _write_at_worker_exit()
         if registering or (fresh and not self.cache_enabled):
             self.flush_deferred(named=registering)
 
@@ -440,8 +443,25 @@ def _write_all_deferred() -> None:
         )
         for part in parts
     ]
-    tolerances = [part.store.conf.mongo_outage_tolerance_seconds for part in parts]
-    at_exit.run_within(steps, at_exit.budget_for(tolerances))
+    retries = [at_exit.longest_retry(part.store.conf) for part in parts]
+    at_exit.run_within(steps, at_exit.budget_for(retries), since=at_exit.exit_started())
+
+
+_worker_finalizer_pid = 0
+
+
+def _write_at_worker_exit() -> None:
+    """In a ``multiprocessing`` worker, also write the deferred invocations when it
+    ends (once per process): a worker ends with ``os._exit`` after running
+    ``multiprocessing.util.Finalize`` callbacks, and runs none of the ``atexit``
+    handlers registered before it started. Priority 101: before the history
+    writers' flush (100, :mod:`pynenc_mongo.async_writes`)."""
+    global _worker_finalizer_pid
+    if _worker_finalizer_pid == os.getpid():
+        return
+    _worker_finalizer_pid = os.getpid()
+    if multiprocessing.parent_process() is not None:
+        multiprocessing.util.Finalize(None, _write_all_deferred, exitpriority=101)
 
 
 def _reset_locks_after_fork() -> None:
