@@ -28,7 +28,8 @@ import psutil
 import pytest
 
 #: Seconds the interpreter gets to exit after the session ends (exit handlers included:
-#: pynenc-mongo's exit writes take at most 2 x 35 s by default, see pynenc_mongo.at_exit).
+#: pynenc-mongo's exit writes take at most 35 s by default, then 10 s + 5 s to stop the
+#: loop thread and close the clients; see pynenc_mongo.at_exit).
 EXIT_GRACE_SECONDS = 150.0
 
 _session: dict[str, pytest.Session] = {}
@@ -60,23 +61,30 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
-#: multiprocessing's own helper processes: they end by themselves once this process
-#: exits (their pipe closes) and are not a test's leftovers.
-MULTIPROCESSING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
-
-
-def _is_helper(proc: psutil.Process) -> bool:
+def _helper_pids() -> set[int]:
+    """The pids of ``multiprocessing``'s own helper processes, the resource tracker
+    and the fork server: they end by themselves once this process exits (their pipe
+    closes) and are not a test's leftovers. By pid, not command line: a fork server's
+    workers are forked from it and carry its command line."""
+    pids: set[int] = set()
     try:
-        cmdline = " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-    return any(helper in cmdline for helper in MULTIPROCESSING_HELPERS)
+        from multiprocessing import forkserver, resource_tracker
+
+        tracker = getattr(resource_tracker, "_resource_tracker", None)
+        server = getattr(forkserver, "_forkserver", None)
+        for pid in (getattr(tracker, "_pid", None), getattr(server, "_forkserver_pid", None)):
+            if isinstance(pid, int):
+                pids.add(pid)
+    except ImportError:  # pragma: no cover - both exist on every supported Python
+        pass
+    return pids
 
 
 def end_children() -> list[str]:
     """End this process's live child processes; returns a line for each: its pid, the
     test after which it was first seen alive, its command line."""
-    children = [p for p in psutil.Process().children(recursive=True) if not _is_helper(p)]
+    helpers = _helper_pids()
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in helpers]
     named = []
     for proc in children:
         try:

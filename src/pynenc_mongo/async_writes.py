@@ -43,10 +43,7 @@ the record before ``add_history`` returns).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import multiprocessing
-import multiprocessing.util
 import os
 import threading
 import time
@@ -128,8 +125,9 @@ class HistoryWriter(Protocol):
     def pending(self, invocation_id: str) -> bool:
         """True while some of this invocation's writes are in flight."""
 
-    def close(self) -> None:
-        """Flush and stop."""
+    def close(self, timeout_seconds: float | None = None, log_unwritten: bool = True) -> bool:
+        """Flush and stop; False if records were still being written after
+        ``timeout_seconds`` (None: no limit)."""
 
     def is_stale(self) -> bool:
         """True in a forked child: the writer must be re-created there."""
@@ -162,8 +160,9 @@ class SyncHistoryWriter:
         """Always False."""
         return False
 
-    def close(self) -> None:
-        """Nothing to flush."""
+    def close(self, timeout_seconds: float | None = None, log_unwritten: bool = True) -> bool:
+        """Nothing to flush: True."""
+        return True
 
     def is_stale(self) -> bool:
         """True after a fork (harmless for this writer, but keeps one rule)."""
@@ -211,7 +210,7 @@ class AsyncHistoryWriter:
             )
         self._insert = insert
         _live_writers.add(self)
-        _flush_at_process_exit()
+        at_exit.write_all_at_worker_exit()
 
     # -- caller side ---------------------------------------------------------
     def submit(self, docs: list[dict[str, Any]]) -> None:
@@ -295,18 +294,19 @@ class AsyncHistoryWriter:
         with self._cond:
             return len(self._last_seq)
 
-    def close(self, timeout_seconds: float | None = None) -> None:
+    def close(self, timeout_seconds: float | None = None, log_unwritten: bool = True) -> bool:
         """Flush what is pending, then refuse new records. Failures are logged, not raised.
 
         :param float | None timeout_seconds: the longest wait for the pending records
             (None: until they are written or failed for good, which the retry policy
-            bounds unless an insert never returns); past it the records not yet
-            written are logged and the writer is closed anyway (at exit:
-            :func:`flush_all_writers`).
+            bounds unless an insert never returns); past it the writer is closed anyway.
+        :param bool log_unwritten: log the records not written in time (the exit's
+            step logs them itself, :mod:`pynenc_mongo.at_exit`).
+        :return: False if records were still being written when the time was up.
         """
         with self._cond:
             if self._closed:
-                return
+                return True
             target = self._submitted_seq
             written = self._block_until(lambda: self._completed_seq >= target, timeout_seconds)
             failures = list(self._failures.items())
@@ -321,7 +321,7 @@ class AsyncHistoryWriter:
                 len(failures),
                 _async_error(invocation_id, cause),
             )
-        if not written:
+        if not written and log_unwritten:
             logger.error(
                 "pynenc-mongo: at close, history records of %d invocation(s) not written "
                 "within %.1f s (%s)",
@@ -329,6 +329,7 @@ class AsyncHistoryWriter:
                 timeout_seconds or 0.0,
                 self.where,
             )
+        return written
 
     def is_stale(self) -> bool:
         """True in a forked child (its buffer and loop belong to the parent)."""
@@ -435,48 +436,32 @@ def _async_error(invocation_id: str, cause: BaseException) -> AsyncOperationErro
 
 
 _live_writers: weakref.WeakSet[AsyncHistoryWriter] = weakref.WeakSet()
-_finalizer_pid = 0
 
 
-def _flush_at_process_exit() -> None:
-    """Make sure this process flushes its writers when it ends, once per process.
+def _exit_steps() -> list[tuple[at_exit.Step, float]]:
+    """At exit (:func:`pynenc_mongo.at_exit.write_all`): one step per live writer of
+    this process, closing it within the seconds left, and its longest retry."""
+    steps: list[tuple[at_exit.Step, float]] = []
+    for writer in [w for w in list(_live_writers) if not w.is_stale()]:
+        name = f"history records of {writer.tracked_invocations()} invocation(s) ({writer.where})"
 
-    ``atexit`` (below) covers the main process. A ``multiprocessing`` child (the
-    worker processes of pynenc's ProcessRunner, PersistentProcessRunner and
-    MultiThreadRunner) ends with ``os._exit`` and runs none of the ``atexit``
-    handlers registered before it started, so
-    its last records (an invocation's final status) would be lost; its exit does run
-    ``multiprocessing.util.Finalize`` callbacks, so one is registered there.
-    """
-    global _finalizer_pid
-    if _finalizer_pid == os.getpid():
-        return
-    _finalizer_pid = os.getpid()
-    if multiprocessing.parent_process() is not None:
-        multiprocessing.util.Finalize(None, flush_all_writers, exitpriority=100)
+        def write(seconds_left: float, writer: AsyncHistoryWriter = writer) -> None:
+            if not writer.close(timeout_seconds=seconds_left, log_unwritten=False):
+                raise TimeoutError("still being written at the exit deadline (may still land)")
+
+        steps.append(((name, write), writer.longest_retry))
+    return steps
 
 
-def flush_all_writers() -> None:
-    """Flush and close every live asynchronous writer of this process (at exit), all
-    within one time budget (:func:`pynenc_mongo.at_exit.run_within`; each ``close``
-    gets the time left): a write stuck on a server that stopped answering does not
-    hold the exit; what is not written is logged."""
-    writers = [writer for writer in list(_live_writers) if not writer.is_stale()]
-    budget = at_exit.budget_for([writer.longest_retry for writer in writers])
-    since = at_exit.exit_started() if writers else time.monotonic()
-    deadline = since + budget
-
-    def closer(writer: AsyncHistoryWriter) -> Callable[[], None]:
-        return lambda: writer.close(timeout_seconds=max(0.0, deadline - time.monotonic()))
-
-    steps = [
-        (
-            f"history records of {writer.tracked_invocations()} invocation(s) ({writer.where})",
-            closer(writer),
-        )
-        for writer in writers
-    ]
-    at_exit.run_within(steps, budget, since=since)
+def flush_all_writers() -> list[str]:
+    """Flush and close every live asynchronous writer of this process, within one
+    budget (:func:`pynenc_mongo.at_exit.run_within`); returns the names of the writers
+    not confirmed written. The exit runs these steps with the other modules'
+    (:func:`pynenc_mongo.at_exit.write_all`)."""
+    pairs = _exit_steps()
+    return at_exit.run_within(
+        [step for step, _ in pairs], at_exit.budget_for([r for _, r in pairs])
+    )
 
 
 def make_history_writer(backend: HistoryTarget) -> HistoryWriter:
@@ -487,6 +472,4 @@ def make_history_writer(backend: HistoryTarget) -> HistoryWriter:
     return SyncHistoryWriter(backend)
 
 
-# Registered after aio's handler (aio is imported above), so it runs first: atexit
-# is last-in, first-out, and writers must flush before the loop and clients stop.
-atexit.register(flush_all_writers)
+at_exit.add_source(_exit_steps)

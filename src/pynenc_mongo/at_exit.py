@@ -8,41 +8,87 @@ nothing else bounding them, N backends whose server is gone would hold the exit 
 N times that, and a write stuck on a server that stopped answering would hold it
 forever (a process that never ends, with nothing logged).
 
-:func:`run_within` runs the steps side by side, each in a daemon thread, and waits
-for them until one deadline per process: from the first exit write, the largest
-retry time among them (:func:`longest_retry`) plus :data:`EXIT_MARGIN_SECONDS`. A
-step still running then is abandoned (the daemon thread ends with the interpreter)
-and logged as not confirmed written. On Python 3.12.0-3.12.2, which start no thread
-in an ``atexit`` handler, the steps run in the exiting thread and none starts after
-the deadline; an asynchronous writer's ``close`` is given the time left
-(:meth:`pynenc_mongo.async_writes.AsyncHistoryWriter.close`). After these writes the
-exit also stops the event loop thread (at most 10 s, :mod:`pynenc_mongo.aio`) and
-closes the clients (at most 5 s, :func:`pynenc_mongo.client.close_all`).
+Those modules register a *source* of exit steps (:func:`add_source`). One exit
+handler, :func:`write_all` (``atexit``; in a ``multiprocessing`` worker a
+``multiprocessing.util.Finalize`` callback, :func:`write_all_at_worker_exit`),
+collects every source's steps and runs them side by side, each in a daemon thread,
+waiting for them until one deadline: the largest retry time among them
+(:func:`longest_retry`) plus :data:`EXIT_MARGIN_SECONDS`. A step still running then is
+abandoned (the daemon thread ends with the interpreter) and logged as not confirmed
+written. On Python 3.12.0-3.12.2, which start no thread in an ``atexit`` handler, the
+steps run in the exiting thread and none starts after the deadline. Each step is
+given the seconds left (an asynchronous writer's ``close`` waits at most that long).
+
+This module imports :mod:`pynenc_mongo.aio` and :mod:`pynenc_mongo.client` before
+registering its handler: ``atexit`` runs handlers last-in, first-out, so these writes
+run before the event loop thread stops (at most 10 s) and the clients close (at most
+5 s), which come after them.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pynenc_mongo import aio as _aio  # noqa: F401 - its atexit handler runs after ours
+from pynenc_mongo import client as _client  # noqa: F401 - likewise
 from pynenc_mongo.errors import RETRY_ATTEMPTS
 
 logger = logging.getLogger("pynenc_mongo")
 
-#: Seconds the exit waits beyond the largest outage tolerance of the writes it runs
+#: Seconds the exit waits beyond the largest retry time of the writes it runs
 #: (one attempt's server selection, the last backoff step).
 EXIT_MARGIN_SECONDS = 5.0
 
-#: One exit step: (what it writes, for the log; the write, which raises on failure).
-Step = tuple[str, Callable[[], None]]
+#: One exit step: (what it writes, for the log; the write, called with the seconds
+#: left until the deadline, which raises if it did not write).
+Step = tuple[str, Callable[[float], None]]
+#: A source of exit steps: returns ``[(step, longest retry in seconds)]``.
+Source = Callable[[], list[tuple[Step, float]]]
 
-#: pid -> when this process's first exit write began (monotonic seconds): every
-#: later exit phase (history writers after deferred invocations) counts from it.
-_first_exit_write: dict[int, float] = {}
+_sources: list[Source] = []
+
+
+def add_source(source: Source) -> None:
+    """Have :func:`write_all` run ``source``'s steps at exit (modules call it once)."""
+    _sources.append(source)
+
+
+def write_all() -> list[str]:
+    """Run every source's exit steps in one :func:`run_within`, under one budget over
+    all of them (:func:`budget_for`). Returns the names of the steps not confirmed."""
+    pairs: list[tuple[Step, float]] = []
+    for source in list(_sources):
+        try:
+            pairs.extend(source())
+        except Exception as exc:  # noqa: BLE001 - nothing left to raise to at exit
+            logger.error("pynenc-mongo: at exit, could not list the pending writes: %s", exc)
+    if not pairs:
+        return []
+    return run_within([step for step, _ in pairs], budget_for([r for _, r in pairs]))
+
+
+_worker_finalizer_pid = 0
+
+
+def write_all_at_worker_exit() -> None:
+    """In a ``multiprocessing`` worker, run :func:`write_all` when it ends (once per
+    process; a no-op elsewhere). A worker ends with ``os._exit`` after running
+    ``multiprocessing.util.Finalize`` callbacks, and runs none of the ``atexit``
+    handlers registered before it started."""
+    global _worker_finalizer_pid
+    if _worker_finalizer_pid == os.getpid():
+        return
+    _worker_finalizer_pid = os.getpid()
+    if multiprocessing.parent_process() is not None:
+        multiprocessing.util.Finalize(None, write_all, exitpriority=100)
 
 
 def longest_retry(conf: Any) -> float:
@@ -64,18 +110,8 @@ def budget_for(retries: Sequence[float]) -> float:
     return max([0.0, *retries]) + EXIT_MARGIN_SECONDS
 
 
-def exit_started() -> float:
-    """When this process's first exit write began (``time.monotonic()``; set by the
-    first call in each process): the exit phases pass it to :func:`run_within`."""
-    return _first_exit_write.setdefault(os.getpid(), time.monotonic())
-
-
-def run_within(
-    steps: Sequence[Step], budget_seconds: float, since: float | None = None
-) -> list[str]:
-    """Run ``steps`` side by side and wait for them until ``since + budget_seconds``
-    (the exit phases pass :func:`exit_started`, so they share one budget, the
-    largest of theirs; None: from now).
+def run_within(steps: Sequence[Step], budget_seconds: float) -> list[str]:
+    """Run ``steps`` side by side and wait for them at most ``budget_seconds``.
 
     Each step runs in a daemon thread of its own, so a backend whose server is gone
     does not use up the time of one whose server answers; a step still running at the
@@ -85,25 +121,24 @@ def run_within(
     the remaining steps run one after another in the calling thread and none starts
     after the deadline; one that started before it is bounded by its own retry policy.
 
-    A step that raises is logged (``pynenc_mongo`` logger, error); nothing is raised
+    Each write is called with the seconds left until the deadline. A step that
+    raises is logged (``pynenc_mongo`` logger, error); nothing is raised
     (at exit there is no caller left to raise to).
 
     :param steps: ``(name, write)`` pairs.
     :param float budget_seconds: the budget, in seconds.
-    :param float | None since: the budget's start (``time.monotonic()``).
     :return: the names of the steps that failed or were not done by the deadline,
         in order (empty when every write is done).
     """
     if not steps:
         return []
-    now = time.monotonic()
-    first = now if since is None else since
-    deadline = max(now, first + budget_seconds)
+    first = time.monotonic()
+    deadline = first + budget_seconds
     outcome: dict[int, bool] = {}  # step index -> written (False: failed)
 
-    def run(index: int, name: str, write: Callable[[], None]) -> None:
+    def run(index: int, name: str, write: Callable[[float], None]) -> None:
         try:
-            write()
+            write(max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - logged; the other steps still run
             logger.error("pynenc-mongo: at exit, %s not written: %s", name, exc)
             outcome[index] = False
@@ -126,13 +161,17 @@ def run_within(
         threads.append(thread)
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    left = [name for index, (name, _) in enumerate(steps) if index not in outcome]
+    done = dict(outcome)  # one snapshot: the log and the result agree
+    left = [name for index, (name, _) in enumerate(steps) if index not in done]
     if left:
         logger.error(
-            "pynenc-mongo: at exit, gave up waiting after %.1f s (the largest outage "
-            "tolerance plus %.0f s): not confirmed written (may still land): %s",
+            "pynenc-mongo: at exit, gave up waiting after %.1f s (the exit budget: the "
+            "longest retry plus %.0f s): not confirmed written (may still land): %s",
             time.monotonic() - first,
             EXIT_MARGIN_SECONDS,
             "; ".join(left),
         )
-    return [name for index, (name, _) in enumerate(steps) if outcome.get(index) is not True]
+    return [name for index, (name, _) in enumerate(steps) if done.get(index) is not True]
+
+
+atexit.register(write_all)

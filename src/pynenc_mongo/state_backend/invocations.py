@@ -19,10 +19,7 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
-import multiprocessing.util
 import os
 import threading
 import time
@@ -35,9 +32,6 @@ from bson import ObjectId
 from cachetools import LRUCache
 from pymongo.collection import Collection
 
-# Imported for its atexit handler (history writers flush at exit): registered before
-# ours, so ours (deferred invocations) runs first (atexit is last-in, first-out).
-from pynenc_mongo import async_writes as _async_writes  # noqa: F401
 from pynenc_mongo import at_exit, schema, values
 from pynenc_mongo.errors import translate_errors
 from pynenc_mongo.operations import insert_if_absent, surely_unwritten
@@ -179,7 +173,7 @@ class Invocations(StorePart):
             with self.deferred_lock:
                 self.deferred.setdefault(threading.get_ident(), {}).update(deferred)
                 self.unwritten.update(deferred)
-            _write_at_worker_exit()
+            at_exit.write_all_at_worker_exit()
         if registering or (fresh and not self.cache_enabled):
             self.flush_deferred(named=registering)
 
@@ -431,37 +425,21 @@ class Invocations(StorePart):
 _live_parts: weakref.WeakSet[Invocations] = weakref.WeakSet()
 
 
-def _write_all_deferred() -> None:
-    """At exit: write every live backend's deferred invocations, all within one time
-    budget (:func:`pynenc_mongo.at_exit.run_within`); what is not written is logged."""
-    parts = [part for part in list(_live_parts) if part.unwritten]
-    steps = [
-        (
+def _exit_steps() -> list[tuple[at_exit.Step, float]]:
+    """At exit (:func:`pynenc_mongo.at_exit.write_all`): one step per live backend with
+    deferred invocations, writing all of them, and its longest retry."""
+    steps: list[tuple[at_exit.Step, float]] = []
+    for part in [part for part in list(_live_parts) if part.unwritten]:
+        name = (
             f"{len(part.unwritten)} deferred invocation(s) of app {part.app_id!r} "
-            f"({part.store.describe_target()})",
-            lambda part=part: part.flush_deferred(every_thread=True),
+            f"({part.store.describe_target()})"
         )
-        for part in parts
-    ]
-    retries = [at_exit.longest_retry(part.store.conf) for part in parts]
-    at_exit.run_within(steps, at_exit.budget_for(retries), since=at_exit.exit_started())
 
+        def write(_seconds_left: float, part: Invocations = part) -> None:
+            part.flush_deferred(every_thread=True)
 
-_worker_finalizer_pid = 0
-
-
-def _write_at_worker_exit() -> None:
-    """In a ``multiprocessing`` worker, also write the deferred invocations when it
-    ends (once per process): a worker ends with ``os._exit`` after running
-    ``multiprocessing.util.Finalize`` callbacks, and runs none of the ``atexit``
-    handlers registered before it started. Priority 101: before the history
-    writers' flush (100, :mod:`pynenc_mongo.async_writes`)."""
-    global _worker_finalizer_pid
-    if _worker_finalizer_pid == os.getpid():
-        return
-    _worker_finalizer_pid = os.getpid()
-    if multiprocessing.parent_process() is not None:
-        multiprocessing.util.Finalize(None, _write_all_deferred, exitpriority=101)
+        steps.append(((name, write), at_exit.longest_retry(part.store.conf)))
+    return steps
 
 
 def _reset_locks_after_fork() -> None:
@@ -471,6 +449,6 @@ def _reset_locks_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_locks_after_fork)
-atexit.register(_write_all_deferred)
+at_exit.add_source(_exit_steps)
 
 __all__ = ["INVOCATION_ARGUMENTS_BUDGET_BYTES", "Invocations"]
