@@ -85,24 +85,36 @@ def end_children() -> list[str]:
     test after which it was first seen alive, its command line."""
     helpers = _helper_pids()
     children = [p for p in psutil.Process().children(recursive=True) if p.pid not in helpers]
-    named = []
+    named, ending = [], []
     for proc in children:
         try:
             after = _first_seen_after.get(proc.pid, "no test (the session's set-up or end)")
             named.append(
                 f"pid {proc.pid}, first seen after {after}: {' '.join(proc.cmdline())[:160]}"
             )
-            proc.terminate()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
-    _gone, alive = psutil.wait_procs(children, timeout=5)
+        ending.append(proc)
+    end_processes(ending)
+    return named
+
+
+def end_processes(procs: list[psutil.Process], grace_seconds: float = 5.0) -> None:
+    """SIGTERM each of ``procs``, SIGKILL those still alive ``grace_seconds`` later,
+    then wait (at most as long again) for them to be gone; processes already gone
+    are skipped. Shared with the full-stack teardown (tests/fullstack/conftest.py)."""
+    for proc in procs:
+        try:
+            proc.terminate()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_seconds)
     for proc in alive:
         try:
             proc.kill()
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             pass
-    psutil.wait_procs(alive, timeout=5)
-    return named
+    psutil.wait_procs(alive, timeout=grace_seconds)
 
 
 def _watchdog(status: int) -> None:

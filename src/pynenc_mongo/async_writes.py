@@ -453,17 +453,6 @@ def _exit_steps() -> list[tuple[at_exit.Step, float]]:
     return steps
 
 
-def flush_all_writers() -> list[str]:
-    """Flush and close every live asynchronous writer of this process, within one
-    budget (:func:`pynenc_mongo.at_exit.run_within`); returns the names of the writers
-    not confirmed written. The exit runs these steps with the other modules'
-    (:func:`pynenc_mongo.at_exit.write_all`)."""
-    pairs = _exit_steps()
-    return at_exit.run_within(
-        [step for step, _ in pairs], at_exit.budget_for([r for _, r in pairs])
-    )
-
-
 def make_history_writer(backend: HistoryTarget) -> HistoryWriter:
     """Build the writer that ``mongo_history_write_mode`` selects (see module docstring)."""
     mode = backend.conf.mongo_history_write_mode

@@ -31,6 +31,7 @@ from pynenc.util.subclasses import get_all_subclasses
 from pynenc_tests import util
 from pynenc_tests.util.subclasses import get_runner_subclasses
 from run_settings import MODE, REAL_URL, RUN_DATABASE
+from session_exit import end_processes
 
 from pynenc_mongo.builder import FULL_STACK
 
@@ -172,17 +173,7 @@ def _stop_new_children(before: set[int], app_id: str, since: float) -> None:
     leftovers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     known = {p.pid for p in leftovers}
     leftovers += [p for p in _orphans_of_test(app_id, since) if p.pid not in known]
-    for proc in leftovers:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, alive = psutil.wait_procs(leftovers, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_processes(leftovers)
 
 
 #: Tests of pynenc's suite that compare wall times between invocations, and the runners
